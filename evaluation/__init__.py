@@ -1,0 +1,1 @@
+"""Benchmarks: FID, p-FID, CLIP score, SSIM/PSNR and NFE sweeps (``python evaluation/run_benchmarks.py``)."""
