@@ -1,0 +1,114 @@
+r"""The frozen first stage (autoencoder) interface shared by every implementation.
+
+Images are [B, 3, H, W] in [-1, 1]. :meth:`FirstStage.encode` returns the *unscaled* posterior mode
+(what latent shards store); models work on scaled latents
+
+.. math::  z = (E(x) - \text{shift}) \cdot \text{scale},
+
+obtained with :meth:`FirstStage.scale_latents` and undone with :meth:`FirstStage.unscale_latents`.
+Large inputs are encoded/decoded in overlapping tiles (see :mod:`fmboost.first_stage.tiling`).
+"""
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmboost.first_stage.tiling import apply_tiled
+
+
+class FirstStage(nn.Module, ABC):
+    """Frozen autoencoder with tiled encode/decode.
+
+    Subclasses implement :meth:`_encode` and :meth:`_decode` on a batch that fits in memory and set
+    ``latent_channels``, ``downsampling_factor``, ``scale`` and ``shift``.
+
+    Args:
+        tile_size: tile edge in latent pixels above which encode/decode tile automatically
+            (``None``: never tile unless asked).
+        tile_overlap: overlap between tiles in latent pixels.
+    """
+
+    name: str
+    latent_channels: int
+    downsampling_factor: int
+
+    def __init__(
+        self, scale: float, shift: float, tile_size: int | None = None, tile_overlap: int = 16
+    ) -> None:
+        super().__init__()
+        self.scale, self.shift = float(scale), float(shift)
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
+
+    @abstractmethod
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Unscaled latent mode of a batch of images in [-1, 1]."""
+
+    @abstractmethod
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (not clamped) from unscaled latents."""
+
+    def source(self) -> str:
+        """Where the weights came from, for manifests and model configs."""
+        return "none"
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of this first stage, recorded wherever latents are stored or consumed."""
+        return {
+            "name": self.name,
+            "source": self.source(),
+            "latent_channels": self.latent_channels,
+            "downsampling_factor": self.downsampling_factor,
+            "scale": self.scale,
+            "shift": self.shift,
+        }
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.shift) * self.scale
+
+    def unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self.scale + self.shift
+
+    def _placement(self, like: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.parameters(), None)
+        if parameter is None:
+            return like.device, like.dtype
+        return parameter.device, parameter.dtype
+
+    def _use_tiles(self, latent_size: tuple[int, int], tiled: bool | None) -> bool:
+        if tiled is not None:
+            return tiled
+        return self.tile_size is not None and max(latent_size) > self.tile_size
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Unscaled latents of ``images``; tiles when larger than ``tile_size`` (or when ``tiled``)."""
+        f = self.downsampling_factor
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        if images.shape[-2] % f or images.shape[-1] % f:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by the factor {f}")
+        device, dtype = self._placement(images)
+        images = images.to(device=device, dtype=dtype)
+        latent_size = (images.shape[-2] // f, images.shape[-1] // f)
+        if self._use_tiles(latent_size, tiled):
+            tile = self.tile_size or max(latent_size)
+            return apply_tiled(self._encode, images, tile * f, self.tile_overlap * f, 1.0 / f)
+        return self._encode(images)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Images in [-1, 1] from unscaled latents; tiles when larger than ``tile_size``."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"expected latents of shape [B, {self.latent_channels}, h, w], got {tuple(latents.shape)}"
+            )
+        device, dtype = self._placement(latents)
+        latents = latents.to(device=device, dtype=dtype)
+        if self._use_tiles(tuple(latents.shape[-2:]), tiled):
+            tile = self.tile_size or max(latents.shape[-2:])
+            return apply_tiled(
+                self._decode, latents, tile, self.tile_overlap, float(self.downsampling_factor)
+            )
+        return self._decode(latents)

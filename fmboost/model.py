@@ -1,0 +1,172 @@
+"""``FMBoostModel``: one CFM stage = U-Net + objective + context upsampling + noise augmentation.
+
+It is a plain ``nn.Module`` (DeepSpeed wraps it for training; ``forward`` returns the loss) and saves
+and loads like a diffusers model, without DeepSpeed::
+
+    model = FMBoostModel.from_pretrained("runs/cfm_1k/export")
+    z_high = model.upsample(z_low, first_stage, nfe=40, solver="euler").x1
+
+All latents passed in or returned are *scaled* (the convention of diffusers LDM pipelines with
+``output_type="latent"``); the first stage converts them for decoding.
+"""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fmboost.config import FlowConfig, FMBoostConfig, merge_config
+from fmboost.errors import WeightsError
+from fmboost.first_stage.base import FirstStage
+from fmboost.models.unet import UNet, UNetConfig
+from fmboost.objectives import OBJECTIVES
+from fmboost.sampling import ODESolution
+from fmboost.upsampling import upsample_latents
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+class FMBoostModel(nn.Module):
+    """A CFM stage; ``first_stage_info`` records the autoencoder it was trained with (provenance)."""
+
+    def __init__(
+        self, unet: UNetConfig, flow: FlowConfig, first_stage_info: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.unet_config, self.flow_config = unet, flow
+        self.first_stage_info = first_stage_info
+        self.net = UNet(unet)
+        self.objective = OBJECTIVES.get(flow.objective, "flow.objective")(flow.noise_aug_step)
+
+    @classmethod
+    def from_config(
+        cls, config: FMBoostConfig, first_stage_info: dict[str, Any] | None = None
+    ) -> "FMBoostModel":
+        return cls(config.model, config.flow, first_stage_info)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet_config.out_channels
+
+    def forward(
+        self, x1: torch.Tensor, z_up: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training loss for high-res latents ``x1`` and upsampled low-res latents ``z_up`` (both scaled)."""
+        return self.objective.loss(self.net, x1, z_up, generator)
+
+    def check_first_stage(self, first_stage: FirstStage) -> None:
+        if first_stage.latent_channels != self.latent_channels:
+            raise WeightsError(
+                f"this CFM stage works on {self.latent_channels}-channel latents, but the first stage "
+                f"{first_stage.name!r} has {first_stage.latent_channels} channels"
+            )
+
+    @torch.no_grad()
+    def prepare_context(
+        self, z_low: torch.Tensor, first_stage: FirstStage, image_low: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scaled low-res latents → scaled upsampled context ``z_up`` on the high-res grid."""
+        self.check_first_stage(first_stage)
+        z_up = upsample_latents(
+            first_stage.unscale_latents(z_low.float()),
+            self.flow_config.upsampling,
+            first_stage,
+            self.flow_config.scale_factor,
+            image_low,
+        )
+        return first_stage.scale_latents(z_up.float())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        z_up: torch.Tensor,
+        generator: torch.Generator | None = None,
+        solver: str | None = None,
+        nfe: int | None = None,
+        return_trajectory: bool = False,
+    ) -> ODESolution:
+        """Integrate from the prepared context; solver settings default to the model's ``flow`` config."""
+        flow = self.flow_config
+        parameter = next(self.net.parameters())
+        return self.objective.sample(
+            self.net,
+            z_up.to(device=parameter.device, dtype=parameter.dtype),
+            generator,
+            solver=solver or flow.solver,
+            nfe=nfe or flow.nfe,
+            atol=flow.atol,
+            rtol=flow.rtol,
+            return_trajectory=return_trajectory,
+        )
+
+    @torch.no_grad()
+    def upsample(
+        self,
+        z_low: torch.Tensor,
+        first_stage: FirstStage,
+        nfe: int | None = None,
+        solver: str | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ) -> ODESolution:
+        """Scaled low-res latents → scaled high-res latents in ``.x1`` (with the NFE used)."""
+        z_up = self.prepare_context(z_low, first_stage)
+        return self.sample(z_up, generator, solver, nfe, return_trajectory)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": asdict(self.unet_config),
+            "flow": asdict(self.flow_config),
+            "first_stage": self.first_stage_info,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (files are replaced atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in self.net.state_dict().items()}
+        partial_weights = directory / f".{WEIGHTS_NAME}.partial"
+        save_file(tensors, str(partial_weights), metadata={"format": "pt"})
+        partial_weights.replace(directory / WEIGHTS_NAME)
+        partial_config = directory / f".{CONFIG_NAME}.partial"
+        partial_config.write_text(json.dumps(self.config_dict(), indent=2))
+        partial_config.replace(directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "FMBoostModel":
+        """Load a directory written by :meth:`save_pretrained` (no DeepSpeed needed)."""
+        directory = Path(directory).expanduser()
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for required in (config_path, weights_path):
+            if not required.is_file():
+                raise WeightsError(
+                    f"{directory} is not an FMBoost model directory: {required.name} is missing"
+                )
+        try:
+            saved = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
+        config = merge_config(
+            [(str(config_path), {"model": saved.get("model", {}), "flow": saved.get("flow", {})})]
+        )
+        model = cls.from_config(config, saved.get("first_stage"))
+        try:
+            missing, unexpected = model.net.load_state_dict(load_file(str(weights_path)), strict=False)
+        except Exception as error:
+            raise WeightsError(f"{weights_path}: weights do not fit {config_path.name} ({error})") from None
+        if missing or unexpected:
+            raise WeightsError(
+                f"{weights_path}: weights do not fit {config_path.name}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,1 @@
+"""Neural networks: the ADM-style U-Net and its EMA shadow."""

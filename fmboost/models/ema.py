@@ -1,0 +1,52 @@
+r"""Exponential moving average of model weights with warm-up (as in the paper's released code).
+
+After ``update_after_step`` plain copies, the decay grows as
+
+.. math::
+    \beta_n = \min\bigl(\beta_{max},\; 1 - (1 + n)^{-p}\bigr), \qquad p = 3/4,
+
+where :math:`n` counts EMA updates past the warm-up, so early averages are not dominated by the
+random initialisation (with p = 3/4, 0.999 is reached after about 10k updates). Call
+:meth:`EMA.update` right *after* ``optimizer.step()``: the average must include the new weights.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+
+def ema_decay(update: int, beta: float, power: float, update_after_step: int) -> float:
+    """Decay used at the ``update``-th call (0-based); 0 means "copy the online weights"."""
+    n = update - update_after_step - 1
+    if n <= 0:
+        return 0.0
+    return min(beta, 1.0 - (1.0 + n) ** -power)
+
+
+class EMA(nn.Module):
+    """Holds a frozen copy of ``model`` and moves it towards ``model`` on every :meth:`update`."""
+
+    def __init__(
+        self, model: nn.Module, beta: float = 0.999, power: float = 0.75, update_after_step: int = 0
+    ) -> None:
+        super().__init__()
+        self.beta, self.power, self.update_after_step = beta, power, update_after_step
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        return ema_decay(int(self.num_updates), self.beta, self.power, self.update_after_step)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """``shadow = decay · shadow + (1 − decay) · model`` for floating tensors; copies the rest."""
+        decay = self.current_decay()
+        online = dict(model.state_dict(keep_vars=False))
+        for name, shadow_tensor in self.shadow.state_dict(keep_vars=False).items():
+            source = online[name].to(shadow_tensor.device)
+            if shadow_tensor.is_floating_point():
+                shadow_tensor.lerp_(source.to(shadow_tensor.dtype), 1.0 - decay)
+            else:
+                shadow_tensor.copy_(source)
+        self.num_updates += 1

@@ -1,0 +1,208 @@
+r"""ADM-style U-Net (Dhariwal & Nichol 2021), the paper's "EfficientUNet".
+
+ResBlocks condition on time through scale-shift norm, :math:`h = \mathrm{GN}(h)(1 + s) + b`;
+self-attention runs at chosen downsampling factors and in the middle block; the output convolution
+starts at zero so that an untrained model predicts a zero velocity. Time arrives in [0, 1] and is
+multiplied by ``time_scale`` (1000) before the sinusoidal embedding.
+
+Paper configuration for 64² → 128² SD latents: ``UNet(UNetConfig(in_channels=8, out_channels=4))``
+(128 base channels, multipliers [1, 2, 4, 8], 3 res blocks, attention at factors 8 and 16, 64-d heads).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of :class:`UNet`. ``attention_resolutions`` are downsampling factors (1 = input size)."""
+
+    in_channels: int = 8
+    out_channels: int = 4
+    model_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    num_res_blocks: int = 3
+    attention_resolutions: list[int] = field(default_factory=lambda: [8, 16])
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    norm_groups: int = 32
+    time_scale: float = 1000.0
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [cos | sin] of (already scaled) times ``t`` of shape [B]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, time conditioning by scale-shift norm, GN-SiLU-dropout-zero conv, plus a skip."""
+
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int, dropout: float, groups: int
+    ) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.out_norm = nn.GroupNorm(groups, out_channels)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        )
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over spatial positions with a residual connection.
+
+    The qkv projection yields channels laid out as (3, heads, head_dim); they are separated with an
+    explicit ``view`` + ``permute`` so that channels are never mixed with positions.
+    """
+
+    def __init__(self, channels: int, num_head_channels: int, groups: int) -> None:
+        super().__init__()
+        if channels % num_head_channels:
+            raise ValueError(f"{channels} channels do not split into heads of {num_head_channels}")
+        self.num_heads = channels // num_head_channels
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3·C, L] → three tensors [B, heads, L, head_dim]."""
+        b, three_c, length = x.shape
+        head_dim = three_c // (3 * self.num_heads)
+        qkv = x.view(b, 3, self.num_heads, head_dim, length).permute(1, 0, 2, 4, 3)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        q, k, v = self.split_heads(self.qkv(self.norm(x).view(b, c, height * width)))
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
+        h = h.transpose(2, 3).reshape(b, c, height * width)
+        return x + self.proj_out(h).view(b, c, height, width)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One U-Net stage: a ResBlock, followed by self-attention at the configured factors."""
+
+    def __init__(self, res: ResBlock, attention: AttentionBlock | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attention = attention
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return self.attention(x) if self.attention is not None else x
+
+
+class UNet(nn.Module):
+    """``UNet(config)(x, t)`` → velocity with ``out_channels`` channels; ``t`` in [0, 1] of shape [B]."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        mc, groups = config.model_channels, config.norm_groups
+        emb_dim = 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        def level(ch_in: int, ch_out: int, factor: int) -> Level:
+            attention = (
+                AttentionBlock(ch_out, config.num_head_channels, groups)
+                if factor in config.attention_resolutions
+                else None
+            )
+            return Level(ResBlock(ch_in, emb_dim, ch_out, config.dropout, groups), attention)
+
+        self.input_conv = nn.Conv2d(config.in_channels, mc, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels, ch, factor = [mc], mc, 1
+        for index, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                self.down.append(level(ch, mult * mc, factor))
+                ch = mult * mc
+                skip_channels.append(ch)
+            if index < len(config.channel_mult) - 1:
+                self.down.append(Downsample(ch))
+                skip_channels.append(ch)
+                factor *= 2
+
+        self.middle = nn.ModuleList(
+            [
+                ResBlock(ch, emb_dim, ch, config.dropout, groups),
+                AttentionBlock(ch, config.num_head_channels, groups),
+                ResBlock(ch, emb_dim, ch, config.dropout, groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for index, mult in reversed(list(enumerate(config.channel_mult))):
+            for block in range(config.num_res_blocks + 1):
+                self.up.append(level(ch + skip_channels.pop(), mult * mc, factor))
+                ch = mult * mc
+                if index > 0 and block == config.num_res_blocks:
+                    self.up.append(Upsample(ch))
+                    factor //= 2
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        )
+        self.size_multiple = 2 ** (len(config.channel_mult) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
+            raise ValueError(
+                f"U-Net input size {tuple(x.shape[-2:])} must be divisible by {self.size_multiple} "
+                f"({len(self.config.channel_mult)} levels)"
+            )
+        sinusoid = timestep_embedding(t * self.config.time_scale, self.config.model_channels)
+        emb = self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype))
+        h = self.input_conv(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb) if isinstance(block, Level) else block(h)
+            skips.append(h)
+        h = self.middle[2](self.middle[1](self.middle[0](h, emb)), emb)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, Level) else block(h)
+        return self.out(h)
