@@ -1,0 +1,58 @@
+"""Shared fixtures. Nothing here (or in any test) may reach a model hub."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fmboost.models.unet import UNetConfig  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FMBOOST_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture
+def taef2_dir() -> Path:
+    """The small real TAEF2 weights that ship in ../shared/weights (MIT)."""
+    directory = SHARED / "weights"
+    if not (directory / "taef2_encoder.pth").is_file():
+        pytest.skip(f"TAEF2 weights not found in {directory}")
+    return directory
+
+
+def tiny_unet_config(latent_channels: int = 3, input_multiplier: int = 2) -> UNetConfig:
+    return UNetConfig(
+        in_channels=input_multiplier * latent_channels,
+        out_channels=latent_channels,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[2],
+        num_head_channels=8,
+        norm_groups=4,
+    )
+
+
+def photo(name: str = "astronaut", size: int = 256) -> torch.Tensor:
+    """A real photo from scikit-image, centre-cropped and resized, as [1, 3, size, size] in [-1, 1]."""
+    import skimage.data
+    from PIL import Image
+
+    array = getattr(skimage.data, name)()
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = Image.fromarray(array[top : top + side, left : left + side]).resize((size, size), Image.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float()
+    return pixels[None] / 127.5 - 1
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1]."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean()
+    return float(-10 * torch.log10(mse))

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import save_file
+
+from fmboost.config import FirstStageConfig
+from fmboost.errors import ConfigError, WeightsError
+from fmboost.first_stage import build_first_stage
+from tests.conftest import photo
+from tests.first_stage.ldm_format import to_ldm_state_dict
+
+TINY_VAE = {
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "scaling_factor": 0.5,
+    "shift_factor": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(**TINY_VAE).eval()
+
+
+def test_tiny_vae_saved_with_save_pretrained_loads_through_the_user_code_path(tmp_path, tiny_vae):
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    first_stage = build_first_stage(FirstStageConfig(name="diffusers", path=str(tmp_path / "vae")))
+    assert (first_stage.latent_channels, first_stage.downsampling_factor) == (4, 2)
+    assert (first_stage.scale, first_stage.shift) == (0.5, 0.1)
+    image = photo("astronaut", 32)
+    expected = tiny_vae.encode(image).latent_dist.mode()
+    torch.testing.assert_close(first_stage.encode(image), expected, msg="encode returns the posterior mode")
+    torch.testing.assert_close(first_stage.decode(expected), tiny_vae.decode(expected).sample)
+
+
+def test_a_pipeline_directory_uses_its_vae_subfolder(tmp_path, tiny_vae):
+    tiny_vae.save_pretrained(tmp_path / "pipeline" / "vae")
+    first_stage = build_first_stage(FirstStageConfig(name="diffusers", path=str(tmp_path / "pipeline")))
+    assert first_stage.latent_channels == 4
+
+
+@pytest.mark.parametrize("filename", ["sd_ae.ckpt", "vae.safetensors"])
+def test_single_ldm_format_file_loads_with_its_architecture_config(tmp_path, tiny_vae, filename):
+    ldm_state = to_ldm_state_dict(tiny_vae.state_dict(), num_blocks=2)
+    path = tmp_path / filename
+    if filename.endswith(".ckpt"):
+        torch.save({"state_dict": ldm_state, "global_step": 7}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in ldm_state.items()}, str(path))
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **TINY_VAE}))
+
+    first_stage = build_first_stage(
+        FirstStageConfig(name="diffusers", path=str(path), config=str(tmp_path / "config.json"))
+    )
+    image = photo("coffee", 32)
+    torch.testing.assert_close(first_stage.encode(image), tiny_vae.encode(image).latent_dist.mode())
+
+
+def test_single_file_that_does_not_fit_the_default_sd_architecture_is_refused(tmp_path, tiny_vae):
+    path = tmp_path / "sd_ae.ckpt"
+    torch.save(to_ldm_state_dict(tiny_vae.state_dict(), num_blocks=2), path)
+    with pytest.raises(WeightsError, match="do not fit the VAE architecture"):
+        build_first_stage(FirstStageConfig(name="diffusers", path=str(path)))
+
+
+def test_missing_paths_and_offline_hub_ids_are_one_clear_line(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_first_stage(FirstStageConfig(name="diffusers", path=str(tmp_path / "missing")))
+    with pytest.raises(WeightsError, match="download it first"):
+        build_first_stage(FirstStageConfig(name="diffusers", path="fmboost-tests/no-such-vae"))
+    with pytest.raises(ConfigError, match="first_stage.path"):
+        build_first_stage(FirstStageConfig(name="diffusers"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="no config.json"):
+        build_first_stage(FirstStageConfig(name="diffusers", path=str(tmp_path / "empty")))
+
+
+def test_pickled_objects_in_a_checkpoint_are_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "callback": print}, path)
+    with pytest.raises(WeightsError, match="cannot read weights safely"):
+        build_first_stage(FirstStageConfig(name="diffusers", path=str(path)))

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from fmboost.noise_schedule import alpha_bar
+from fmboost.objectives import OBJECTIVES, CouplingFlowMatching, L1Regression, L2Regression, NaiveFlowMatching
+from fmboost.objectives.flow_matching import interpolate, target_velocity
+
+
+class RecordingNet:
+    """Returns a fixed prediction and records what the objective fed it."""
+
+    def __init__(self, output: torch.Tensor | None = None) -> None:
+        self.output, self.inputs, self.times = output, [], []
+
+    def __call__(self, x, t):
+        self.inputs.append(x.clone())
+        self.times.append(t.clone())
+        return self.output if self.output is not None else torch.zeros_like(x[:, : x.shape[1] // 2])
+
+
+def test_registry_offers_the_four_objectives_with_one_interface():
+    assert OBJECTIVES.names() == ["cfm", "fm", "l1", "l2"]
+    assert [OBJECTIVES.get(n)().input_channels(4) for n in OBJECTIVES.names()] == [8, 8, 4, 4]
+
+
+def test_straight_path_interpolates_and_has_constant_velocity():
+    x0, x1 = torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1) * 4
+    torch.testing.assert_close(
+        interpolate(x0, x1, torch.tensor([0.25, 1.0])).flatten(), torch.tensor([1.0, 4.0])
+    )
+    torch.testing.assert_close(target_velocity(x0, x1), x1 - x0)
+
+
+def test_cfm_loss_regresses_x1_minus_the_noise_augmented_start():
+    x1, z_up = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    net = RecordingNet(torch.zeros(2, 4, 8, 8))
+    loss = CouplingFlowMatching(noise_aug_step=400).loss(net, x1, z_up, torch.Generator().manual_seed(0))
+
+    # Replay the generator: the noise for x0 is drawn first, then t.
+    replay = torch.Generator().manual_seed(0)
+    a = alpha_bar(400)
+    x0 = math.sqrt(a) * z_up + math.sqrt(1 - a) * torch.randn(z_up.shape, generator=replay)
+    t = torch.rand(2, generator=replay)
+    torch.testing.assert_close(loss, ((x1 - x0) ** 2).mean())
+    net_input = net.inputs[0]
+    torch.testing.assert_close(net_input[:, :4], interpolate(x0, x1, t))
+    torch.testing.assert_close(net_input[:, 4:], z_up, msg="the context must be the clean upsampled latent")
+    torch.testing.assert_close(net.times[0], t)
+
+
+def test_cfm_with_the_exact_velocity_samples_x1_in_one_euler_step():
+    x1, z_up = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    objective = CouplingFlowMatching(noise_aug_step=400)
+    x0 = objective.start_point(z_up, torch.Generator().manual_seed(1))
+    exact = RecordingNet(x1 - x0)
+    solution = objective.sample(exact, z_up, torch.Generator().manual_seed(1), solver="euler", nfe=1)
+    torch.testing.assert_close(solution.x1, x1)
+
+
+def test_naive_fm_starts_from_pure_noise_and_keeps_the_context():
+    z_up = torch.full((2, 4, 8, 8), 5.0)
+    net = RecordingNet()
+    NaiveFlowMatching().sample(net, z_up, torch.Generator().manual_seed(2), solver="euler", nfe=1)
+    start = net.inputs[0][:, :4]
+    torch.testing.assert_close(start, torch.randn(z_up.shape, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(net.inputs[0][:, 4:], z_up)
+
+
+@pytest.mark.parametrize(("objective", "expected"), [(L1Regression(), 1.5), (L2Regression(), 2.5)])
+def test_regression_losses_compare_one_prediction_with_x1(objective, expected):
+    x1 = torch.zeros(1, 1, 1, 2)
+    net = RecordingNet(torch.tensor([[[[1.0, 2.0]]]]))
+    assert objective.loss(net, x1, torch.zeros(1, 1, 1, 2)).item() == pytest.approx(expected)
+    solution = objective.sample(net, torch.zeros(1, 1, 1, 2), nfe=40, solver="euler")
+    assert solution.nfe == 1 and len(net.inputs) == 2
+    assert net.inputs[0].shape[1] == 1, "regression sees only the context"

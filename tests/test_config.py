@@ -1,0 +1,115 @@
+from pathlib import Path
+
+import pytest
+
+from fmboost.config import FMBoostConfig, load_config, to_flat_dict, to_yaml
+from fmboost.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["cfm_1k.yaml", "cascade_2k.yaml", "demo/tiny_cpu.yaml"])
+def test_shipped_configs_load_and_validate(name):
+    assert isinstance(load_config(CONFIGS / name), FMBoostConfig)
+
+
+def test_paper_recipe_has_the_paper_hyper_parameters():
+    config = load_config(CONFIGS / "cfm_1k.yaml")
+    assert (config.model.in_channels, config.model.model_channels, config.model.channel_mult) == (
+        8,
+        128,
+        [1, 2, 4, 8],
+    )
+    assert (config.model.num_res_blocks, config.model.attention_resolutions) == (3, [8, 16])
+    assert (config.flow.objective, config.flow.noise_aug_step, config.flow.nfe) == ("cfm", 400, 40)
+    assert (config.train.lr, config.train.ema_beta, config.train.precision) == (3e-5, 0.999, "bf16")
+    assert config.first_stage.scale == 0.18215
+
+
+def test_command_line_overrides_win_over_the_file_and_keep_their_types():
+    config = load_config(
+        CONFIGS / "cfm_1k.yaml", ["train.lr=1e-4", "model.channel_mult=[1,2]", "flow.solver=rk4"]
+    )
+    assert config.train.lr == 1e-4
+    assert config.model.channel_mult == [1, 2]
+    assert config.flow.solver == "rk4"
+
+
+def test_deepspeed_section_passes_any_deepspeed_key_through():
+    config = load_config(None, ["deepspeed.zero_optimization.stage=2", "deepspeed.steps_per_print=7"])
+    assert config.deepspeed == {"zero_optimization": {"stage": 2}, "steps_per_print": 7}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1", r"command line: train.lrr: Key 'lrr' not in 'TrainConfig'"),
+        ("train.lr=fast", r"command line: train.lr: Value 'fast' .* could not be converted to Float"),
+        ("flow.objective=cfmm", r"flow.objective: unknown objective 'cfmm'; choose one of cfm, fm, l1, l2"),
+        ("flow.upsampling=bicubic", r"flow.upsampling: unknown upsampling mode 'bicubic'"),
+        ("first_stage.name=sdxl", r"first_stage.name: unknown first stage 'sdxl'"),
+        ("flow.nfe=10", None),
+        ("model.in_channels=4", r"model.in_channels: the cfm objective feeds 8 channels"),
+        ("train.precision=fp8", r"train.precision: choose one of"),
+        ("flow.noise_aug_step=1000", r"flow.noise_aug_step: must lie in \[0, 999\]"),
+        ("lr", r"overrides must look like section.key=value, got lr"),
+    ],
+)
+def test_bad_overrides_fail_with_the_key_named(override, message):
+    if message is None:
+        assert load_config(CONFIGS / "cfm_1k.yaml", [override]).flow.nfe == 10
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "cfm_1k.yaml", [override])
+
+
+def test_solver_and_nfe_must_fit_together():
+    with pytest.raises(ConfigError, match="flow.nfe: 10 evaluations do not fit the rk4 solver"):
+        load_config(None, ["flow.solver=rk4", "flow.nfe=10"])
+
+
+def test_typo_in_a_yaml_file_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=rf"{path}: train.learning_rate: Key 'learning_rate' not in 'TrainConfig'"
+    ):
+        load_config(path)
+
+
+def test_missing_or_malformed_files_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(scalar)
+
+
+def test_no_target_string_can_import_code(tmp_path):
+    path = tmp_path / "target.yaml"
+    path.write_text("model:\n  target: os.system\n")
+    with pytest.raises(ConfigError, match="model.target"):
+        load_config(path)
+
+
+def test_flat_dict_and_yaml_cover_every_section():
+    config = load_config(None)
+    flat = to_flat_dict(config)
+    assert flat["train.lr"] == 3e-5 and flat["deepspeed.zero_optimization.stage"] == 1
+    assert {key.split(".")[0] for key in flat} == {
+        "model",
+        "flow",
+        "first_stage",
+        "data",
+        "train",
+        "deepspeed",
+        "cluster",
+        "logging",
+        "eval",
+    }
+    assert "objective: cfm" in to_yaml(config)

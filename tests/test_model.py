@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from fmboost.config import FlowConfig
+from fmboost.errors import ConfigError, WeightsError
+from fmboost.first_stage.identity import IdentityFirstStage
+from fmboost.model import FMBoostModel
+from tests.conftest import tiny_unet_config
+
+
+def tiny_model(**flow) -> FMBoostModel:
+    torch.manual_seed(0)
+    model = FMBoostModel(tiny_unet_config(), FlowConfig(nfe=4, **flow), IdentityFirstStage().describe())
+    for parameter in model.net.parameters():  # a "trained" model: non-zero output
+        torch.nn.init.normal_(parameter, std=0.05)
+    return model
+
+
+def test_forward_is_the_training_loss_and_it_backpropagates():
+    model = tiny_model()
+    loss = model(torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.ndim == 0 and loss.item() > 0
+    assert all(p.grad is not None for p in model.net.parameters())
+
+
+def test_upsample_doubles_the_latent_size_and_counts_nfe():
+    model = tiny_model()
+    result = model.upsample(torch.rand(2, 3, 8, 8) * 2 - 1, IdentityFirstStage(), generator=torch.Generator())
+    assert result.x1.shape == (2, 3, 16, 16)
+    assert result.nfe == 4
+    assert model.upsample(torch.zeros(1, 3, 8, 8), IdentityFirstStage(), nfe=8, solver="midpoint").nfe == 8
+
+
+def test_upsample_is_reproducible_with_a_seed():
+    model, z_low = tiny_model(), torch.rand(1, 3, 8, 8)
+    first = model.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(5)).x1
+    again = model.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(5)).x1
+    other = model.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(6)).x1
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_save_and_from_pretrained_round_trip_without_deepspeed(tmp_path):
+    model = tiny_model(objective="cfm", upsampling="bilinear", noise_aug_step=250)
+    model.save_pretrained(tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = FMBoostModel.from_pretrained(tmp_path / "export")
+    assert loaded.flow_config == model.flow_config and loaded.unet_config == model.unet_config
+    assert loaded.objective.noise_aug_step == 250
+    assert loaded.first_stage_info["name"] == "identity"
+    z_low = torch.rand(1, 3, 8, 8)
+    expected = model.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(1)).x1
+    actual = loaded.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(1)).x1
+    torch.testing.assert_close(actual, expected)
+
+
+def test_from_pretrained_can_cast_to_bf16():
+    model = tiny_model()
+    assert next(model.to(torch.bfloat16).parameters()).dtype == torch.bfloat16
+    result = model.upsample(torch.rand(1, 3, 8, 8), IdentityFirstStage())
+    assert result.x1.dtype == torch.bfloat16 and torch.isfinite(result.x1.float()).all()
+
+
+def test_latent_channel_mismatch_with_the_first_stage_is_a_clear_error():
+    model = FMBoostModel(tiny_unet_config(latent_channels=4), FlowConfig())
+    with pytest.raises(
+        WeightsError, match="4-channel latents, but the first stage 'identity' has 3 channels"
+    ):
+        model.upsample(torch.zeros(1, 3, 8, 8), IdentityFirstStage())
+
+
+def test_broken_model_directories_are_clear_errors(tmp_path):
+    with pytest.raises(WeightsError, match="config.json is missing"):
+        FMBoostModel.from_pretrained(tmp_path)
+    tiny_model().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"]["model_channels"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(WeightsError, match="weights do not fit config.json"):
+        FMBoostModel.from_pretrained(tmp_path)
+    saved["flow"]["objective"] = "diffusion"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="flow.objective"):
+        FMBoostModel.from_pretrained(tmp_path)

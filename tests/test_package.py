@@ -1,0 +1,27 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_fmboost_prints_nothing_and_imports_no_heavy_backend():
+    code = (
+        "import sys, fmboost, fmboost.config, fmboost.model; "
+        "print(sorted({'diffusers', 'transformers'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
+    assert result.stderr == ""
+
+
+def test_every_torch_load_in_the_project_is_weights_only():
+    offenders = []
+    for path in REPO_ROOT.glob("**/*.py"):
+        if ".venv" in path.parts:
+            continue
+        for line_number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{line_number}")
+    assert offenders == []
