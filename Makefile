@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format clean sample-data encode-shards
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,18 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The bundled sample dataset: real photos from scikit-image in img2dataset format (no download).
+sample-data: install
+	$(BIN)/python -m data_pipeline.sample_data data/sample
+
+# With no arguments: encode the sample dataset in pixel space into data/latents/sample/.
+# Real data: make encode-shards INPUT='/data/laion/{00000..00127}.tar' OUTPUT=/data/latents/laion1k \
+#                CONFIG=configs/encode/laion_1k.yaml [ARGS='batch_size=32 num_workers=16']
+CONFIG ?= configs/encode/sample.yaml
+encode-shards: install
+	@if [ "$(CONFIG)" = "configs/encode/sample.yaml" ] && [ -z "$(INPUT)" ]; then $(MAKE) --no-print-directory sample-data; fi
+	$(BIN)/python -m data_pipeline.encode_shards $(CONFIG) $(if $(INPUT),'input=$(INPUT)') $(if $(OUTPUT),'output=$(OUTPUT)') $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

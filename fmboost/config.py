@@ -12,8 +12,9 @@ Example:
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -133,6 +134,7 @@ class FMBoostConfig:
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+T = TypeVar("T")
 
 
 def _describe(error: OmegaConfBaseException, source: str) -> str:
@@ -158,36 +160,54 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
     malformed = [item for item in overrides if "=" not in item or item.startswith("=")]
     if malformed:
         raise ConfigError(f"overrides must look like section.key=value, got {', '.join(malformed)}")
-    return OmegaConf.from_dotlist(list(overrides))
+    parsed = OmegaConf.create()
+    for item in overrides:
+        try:
+            parsed = OmegaConf.merge(parsed, OmegaConf.from_dotlist([item]))
+        except yaml.YAMLError:
+            # Values such as shard patterns "/data/{00000..00127}.tar" are not YAML: keep them verbatim.
+            key, _, value = item.partition("=")
+            OmegaConf.update(parsed, key, value, force_add=True)
+    return parsed
 
 
-def merge_config(layers: list[tuple[str, DictConfig | dict]]) -> FMBoostConfig:
-    """Merge ``(source, layer)`` pairs onto the defaults, in order, and return the validated dataclasses.
+def merge_layers(schema: type[T], layers: list[tuple[str, DictConfig | dict]]) -> T:
+    """Merge ``(source, layer)`` pairs onto the defaults of ``schema``, in order; no cross-key checks.
 
     ``source`` names the layer in error messages (a file path, "command line").
     """
-    merged = OmegaConf.structured(FMBoostConfig)
+    merged = OmegaConf.structured(schema)
     for source, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
             raise ConfigError(_describe(error, source)) from None
     try:
-        config = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error, "config")) from None
+
+
+def read_layers(path: str | Path | None, overrides: list[str] | None) -> list[tuple[str, DictConfig]]:
+    """The YAML file (if any) and the command-line overrides, as named layers for :func:`merge_layers`."""
+    layers: list[tuple[str, DictConfig]] = [(str(path), _read_yaml(path))] if path is not None else []
+    try:
+        layers.append(("command line", _parse_overrides(overrides or [])))
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error, "command line")) from None
+    return layers
+
+
+def merge_config(layers: list[tuple[str, DictConfig | dict]]) -> FMBoostConfig:
+    """Merge named layers onto the training defaults and validate the result."""
+    config = merge_layers(FMBoostConfig, layers)
     validate(config)
     return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FMBoostConfig:
     """Defaults ← YAML file ← ``key=value`` overrides, validated."""
-    layers: list[tuple[str, DictConfig | dict]] = [(str(path), _read_yaml(path))] if path is not None else []
-    try:
-        layers.append(("command line", _parse_overrides(overrides or [])))
-    except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error, "command line")) from None
-    return merge_config(layers)
+    return merge_config(read_layers(path, overrides))
 
 
 def _require(condition: bool, key: str, message: str) -> None:

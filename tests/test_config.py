@@ -113,3 +113,10 @@ def test_flat_dict_and_yaml_cover_every_section():
         "eval",
     }
     assert "objective: cfm" in to_yaml(config)
+
+
+def test_override_values_that_are_not_yaml_are_kept_verbatim():
+    from data_pipeline.config import load_encode_config
+
+    config = load_encode_config(None, ["input=/data/laion/{00000..00127}.tar", "first_stage.name=identity"])
+    assert config.input == "/data/laion/{00000..00127}.tar"

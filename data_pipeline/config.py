@@ -1,0 +1,72 @@
+"""Configuration of the encoding job (``configs/encode/*.yaml``), validated like training configs."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmboost.config import PRECISIONS, FirstStageConfig, merge_layers, read_layers
+from fmboost.errors import ConfigError
+from fmboost.first_stage import FIRST_STAGES
+
+PSU_VARIANTS = ("psu_roundtrip", "psu_pixel")
+CROPS = ("center", "random")
+SMALL_IMAGE_POLICIES = ("reject", "upscale")
+
+
+@dataclass
+class EncodeConfig:
+    """What to encode, how to preprocess it, and how to split the work.
+
+    ``input`` is a brace pattern of img2dataset tars (``/data/{00000..00127}.tar``), a directory of
+    tars, or a plain folder of images (captions from sidecar ``.txt`` files).
+    """
+
+    input: str = "data/sample/shards/{00000..00004}.tar"
+    output: str = "data/latents/sample"
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    high_res: int = 64
+    low_res: int = 32
+    psu_variant: str = "psu_roundtrip"
+    crop: str = "center"
+    small_images: str = "reject"
+    max_aspect_ratio: float | None = None
+    save_images: bool = True
+    jpeg_quality: int = 95
+    batch_size: int = 16
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    task_index: int | None = None
+    num_tasks: int | None = None
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def validate_encode_config(config: EncodeConfig) -> None:
+    FIRST_STAGES.get(config.first_stage.name, "first_stage.name")
+    _choice(config.psu_variant, PSU_VARIANTS, "psu_variant")
+    _choice(config.crop, CROPS, "crop")
+    _choice(config.small_images, SMALL_IMAGE_POLICIES, "small_images")
+    _choice(config.precision, PRECISIONS, "precision")
+    if config.low_res <= 0 or config.high_res % config.low_res:
+        raise ConfigError(
+            f"high_res ({config.high_res}) must be a whole multiple of low_res ({config.low_res})"
+        )
+    if config.max_aspect_ratio is not None and config.max_aspect_ratio < 1:
+        raise ConfigError("max_aspect_ratio: must be at least 1 (long side / short side)")
+    if config.batch_size < 1 or config.num_workers < 0:
+        raise ConfigError("batch_size must be positive and num_workers not negative")
+    if (config.task_index is None) != (config.num_tasks is None):
+        raise ConfigError("task_index and num_tasks: set both or neither")
+    if config.num_tasks is not None and not 0 <= config.task_index < config.num_tasks:
+        raise ConfigError(f"task_index: {config.task_index} is outside [0, {config.num_tasks})")
+
+
+def load_encode_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EncodeConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides, validated."""
+    config = merge_layers(EncodeConfig, read_layers(path, overrides))
+    validate_encode_config(config)
+    return config

@@ -1,0 +1,256 @@
+"""Encode img2dataset image shards into paired low/high-res latent shards.
+
+    python -m data_pipeline.encode_shards [CONFIG] [key=value ...]
+
+One output shard per input shard; a shard is complete once its ``.stats.json`` exists, so a rerun
+(after a crash, ``kill -9`` or a pre-emption) skips finished shards and redoes the rest, producing
+byte-identical output. Work is split over tasks by shard index (``task_index``/``num_tasks``, or a
+Slurm array / multi-task job). Every sample is written or rejected with a reason.
+"""
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from webdataset import TarWriter
+
+from data_pipeline.config import EncodeConfig, load_encode_config
+from data_pipeline.latent_encoder import LatentEncoder, pick_device
+from data_pipeline.manifest import check_compatible, describe_dataset, update_manifest
+from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
+from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
+from data_pipeline.sources import InputShard, TarBreak, list_input_shards
+from fmboost import shards as schema
+from fmboost.config import to_yaml
+from fmboost.errors import ConfigError, FMBoostError
+from fmboost.first_stage import build_first_stage
+
+logger = logging.getLogger("data_pipeline.encode_shards")
+
+
+def resolve_task(config: EncodeConfig, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(task_index, num_tasks)`` from the config, else from a Slurm array and/or multi-task job."""
+    if config.num_tasks is not None:
+        return config.task_index, config.num_tasks
+    environ = os.environ if environ is None else environ
+    proc, ntasks = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
+    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+        array_index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        return array_index * ntasks + proc, int(environ["SLURM_ARRAY_TASK_COUNT"]) * ntasks
+    return proc, ntasks
+
+
+def sample_record(item: Prepared, arrays: dict, config: EncodeConfig) -> dict[str, bytes | str]:
+    record: dict[str, bytes | str] = {
+        "__key__": item.key,
+        schema.LATENT: schema.encode_array(arrays["latent"]),
+        schema.LATENT_LOWRES: schema.encode_array(arrays["latent_lowres"]),
+        schema.LATENT_PSU: schema.encode_array(arrays["latent_psu"]),
+        schema.CAPTION: item.caption.encode("utf-8"),
+        schema.METADATA: json.dumps(item.metadata, sort_keys=True).encode("utf-8"),
+    }
+    if config.save_images:
+        buffer = io.BytesIO()
+        Image.fromarray(item.pixels.permute(1, 2, 0).numpy()).save(
+            buffer, format="JPEG", quality=config.jpeg_quality
+        )
+        record[schema.IMAGE] = buffer.getvalue()
+    return record
+
+
+def finite(arrays: dict, index: int) -> bool:
+    """Latents must survive the float16 storage cast (SD latents do; a broken VAE's may not)."""
+    return all(bool(abs(array[index]).max() < 65504.0) for array in arrays.values())
+
+
+def encode_shard(
+    shard: InputShard, config: EncodeConfig, encoder: LatentEncoder, root: Path, progress: tqdm
+) -> schema.ShardStats:
+    """Encode one input shard into ``shards/NNNNNN.tar``; its stats file is written last."""
+    final = schema.shard_path(root, shard.index)
+    partial = final.with_name(f".{final.name}.partial")
+    partial.unlink(missing_ok=True)
+    final.unlink(missing_ok=True)  # a tar without its stats file was never declared complete
+    stats = schema.ShardStats(source=shard.name)
+    settings = PreprocessSettings(
+        config.high_res, config.crop, config.small_images, config.max_aspect_ratio, config.seed
+    )
+    loader = DataLoader(
+        ShardSamples(shard, settings),
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        collate_fn=as_list,
+        pin_memory=encoder.device.type == "cuda",
+    )
+    with open(partial, "wb") as handle:
+        writer = TarWriter(handle, encoder=False, mtime=0.0, user="fmboost", group="fmboost", mode=0o444)
+        for batch in loader:
+            prepared = []
+            for item in batch:
+                if isinstance(item, TarBreak):
+                    stats.tar_error = item.error
+                    logger.warning("%s: %s; keeping the samples before the break", shard.name, item.error)
+                    item = break_rejection(item)
+                if isinstance(item, Rejected):
+                    stats.reject(item.key, item.reason, item.detail)
+                    logger.debug("%s: rejected %s (%s: %s)", shard.name, item.key, item.reason, item.detail)
+                elif isinstance(item, Prepared):
+                    prepared.append(item)
+            if prepared:
+                arrays = encoder.encode(torch.stack([item.pixels for item in prepared]))
+                for index, item in enumerate(prepared):
+                    if not finite(arrays, index):
+                        stats.reject(item.key, Reason.NON_FINITE_LATENT, "latent overflows float16")
+                        continue
+                    writer.write(sample_record(item, {k: v[index] for k, v in arrays.items()}, config))
+                    stats.seen += 1
+                    stats.written += 1
+                    stats.upscaled += int(item.upscaled)
+            progress.update(len(batch))
+        writer.close()
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(final)
+    if not stats.is_balanced():
+        raise RuntimeError(
+            f"{shard.name}: bookkeeping error, {stats.written} written + rejected != {stats.seen}"
+        )
+    schema.write_json_atomically(schema.stats_path(root, shard.index), asdict(stats))
+    return stats
+
+
+@dataclass
+class RunSummary:
+    shards_done: int = 0
+    shards_skipped: int = 0
+    written: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, stats: schema.ShardStats) -> None:
+        self.shards_done += 1
+        self.written += stats.written
+        for reason, count in stats.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+    def describe(self) -> str:
+        rate = self.written / self.seconds if self.seconds else 0.0
+        rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(self.rejected.items())) or "none"
+        return (
+            f"encoded {self.shards_done} shards ({self.shards_skipped} already complete): "
+            f"{self.written} written, rejected: {rejected}; {rate:.1f} images/s"
+        )
+
+
+def run(config: EncodeConfig) -> RunSummary:
+    """Encode this task's share of the input shards; returns what was done."""
+    started = time.perf_counter()
+    shards = list_input_shards(config.input)
+    root = Path(config.output).expanduser()
+    (root / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    first_stage = build_first_stage(config.first_stage)
+    factor = first_stage.downsampling_factor
+    if config.low_res % factor:
+        raise ConfigError(
+            f"low_res ({config.low_res}) must be divisible by the first stage's factor {factor}"
+        )
+    base = describe_dataset(config, first_stage, shards)
+    check_compatible(root, base)
+    update_manifest(root, base)
+
+    task_index, num_tasks = resolve_task(config)
+    mine = [shard for shard in shards if shard.index % num_tasks == task_index]
+    todo = [shard for shard in mine if not schema.stats_path(root, shard.index).is_file()]
+    summary = RunSummary(shards_skipped=len(mine) - len(todo))
+    device = pick_device(config.device)
+    logger.info(
+        "task %d/%d: %d of %d input shards are mine, %d already complete; encoding on %s with %s",
+        task_index, num_tasks, len(mine), len(shards), summary.shards_skipped, device, first_stage.name,
+    )  # fmt: skip
+    encoder = LatentEncoder(
+        first_stage, config.low_res // factor * factor, config.psu_variant, device, config.precision
+    )
+    with tqdm(total=None, unit="img", desc=f"task {task_index}", dynamic_ncols=True) as progress:
+        for shard in todo:
+            progress.set_postfix_str(shard.name)
+            stats = encode_shard(shard, config, encoder, root, progress)
+            summary.add(stats)
+            if stats.total_rejected:
+                logger.info("%s: %d written, rejected %s", shard.name, stats.written, stats.rejected)
+    manifest = update_manifest(root, base)
+    summary.seconds = time.perf_counter() - started
+    logger.info(summary.describe())
+    logger.info(
+        "manifest %s: %d/%d shards complete, %d samples written",
+        root / schema.MANIFEST_NAME, len(manifest.completed_shards), len(shards), manifest.totals["written"],
+    )  # fmt: skip
+    return summary
+
+
+EPILOG = """config keys (override any with key=value):
+  input             brace pattern of img2dataset tars ('/data/{00000..00127}.tar'), a directory of
+                    tars, or a folder of images with optional .txt captions
+  output            output directory (manifest.json + shards/)
+  first_stage.*     name=identity|diffusers|taesd, path, config, subfolder, scale, shift, tile_size
+  high_res          high-res crop size in pixels (latent = high_res / factor)
+  low_res           low-res size in pixels, an antialiased downsample of the high-res crop
+  psu_variant       psu_roundtrip (E(UP(D(E(x_low)))), default) or psu_pixel (E(UP(x_low)))
+  crop              center | random (random is fixed per key and seed)
+  small_images      reject | upscale images whose short side is below high_res
+  max_aspect_ratio  reject images with long/short side above this (default: keep all)
+  save_images       also store the high-res crop as KEY.jpg (for validation pixel metrics)
+  jpeg_quality      quality of those JPEGs
+  batch_size        images per encoder batch
+  num_workers       DataLoader processes that decode and crop images
+  device            auto | cpu | cuda | cuda:N
+  precision         auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+  seed              seed of random crops
+  task_index, num_tasks
+                    split of the input shards over tasks (default: from Slurm, else 0 of 1)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_pipeline.encode_shards",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "config", nargs="?", help="encode config YAML (default: the built-in sample settings)"
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides as key=value")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true", help="log every rejected sample")
+    args = parser.parse_args(argv)
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path:
+        config_path, overrides = None, [config_path, *overrides]
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        config = load_encode_config(config_path, overrides)
+        if args.print_config:
+            print(to_yaml(config))
+            return 0
+        run(config)
+    except FMBoostError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

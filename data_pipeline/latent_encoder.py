@@ -1,0 +1,55 @@
+"""Batched encoding of high-res crops into the three stored latents, on GPU with autocast if present."""
+
+import contextlib
+
+import numpy as np
+import torch
+
+from fmboost.first_stage.base import FirstStage
+from fmboost.upsampling import resize_images, upsample_latents
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class LatentEncoder:
+    """``encode(uint8 crops)`` → unscaled ``latent``, ``latent_lowres`` and ``latent_psu`` arrays (float32).
+
+    Precision ``auto`` means bf16 autocast on CUDA and fp32 on CPU.
+    """
+
+    def __init__(
+        self, first_stage: FirstStage, low_res: int, psu_variant: str, device: torch.device, precision: str
+    ) -> None:
+        self.first_stage = first_stage.to(device)
+        self.low_res, self.psu_variant, self.device = low_res, psu_variant, device
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def encode(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
+        high = crops.to(self.device, non_blocking=True).float() / 127.5 - 1.0
+        low = resize_images(high, (self.low_res, self.low_res)).clamp(-1, 1)
+        factor = high.shape[-1] // self.low_res
+        with self.autocast():
+            latent = self.first_stage.encode(high)
+            latent_low = self.first_stage.encode(low)
+            latent_psu = upsample_latents(
+                latent_low, self.psu_variant, self.first_stage, factor, image_low=low
+            )
+        return {
+            "latent": latent.float().cpu().numpy(),
+            "latent_lowres": latent_low.float().cpu().numpy(),
+            "latent_psu": latent_psu.float().cpu().numpy(),
+        }

@@ -1,0 +1,13 @@
+"""Reading latent shards (written by ``make encode-shards``) for training and evaluation."""
+
+from fmboost.data.dataset import LatentDataset, check_compatible, resolve_dataset
+from fmboost.data.streams import TrainStream, ValidationStream, make_loader
+
+__all__ = [
+    "LatentDataset",
+    "TrainStream",
+    "ValidationStream",
+    "check_compatible",
+    "make_loader",
+    "resolve_dataset",
+]

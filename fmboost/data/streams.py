@@ -1,0 +1,142 @@
+"""Training and validation streams over latent shards.
+
+**Training** (:class:`TrainStream`): infinite and resampled, so every rank sees the same number of
+batches. Each (rank, worker) stream is a sequence of *segments*; segment ``s`` is one shard drawn
+with replacement by a hash of (seed, rank, stream, s), shuffled through a buffer that is flushed at
+the segment's end. Segments are independent and their lengths are known from the shard stats, so
+:attr:`TrainStream.start_batch` resumes at an exact position: whole segments are skipped without
+being read, and at most one shard is replayed.
+
+**Validation** (:class:`ValidationStream`): finite and deterministic; shards are split over ranks,
+then over workers, and read in order.
+"""
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fmboost.data.dataset import LatentDataset, SampleTransform, collate, decode_sample
+
+
+def worker_identity() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def raw_samples(url: str) -> Iterator[dict[str, Any]]:
+    """Undecoded members of one shard, grouped by key (webdataset's tar reader)."""
+    yield from wds.tarfile_samples([{"url": url}])
+
+
+def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+    """Reservoir-style shuffle with a bounded buffer, fully flushed at the end."""
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= buffer_size:
+            index = rng.randrange(len(buffer))
+            buffer[index], buffer[-1] = buffer[-1], buffer[index]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def batches_served(start_batch: int, worker: int, workers: int) -> int:
+    """Batches a worker had produced when the DataLoader had returned ``start_batch`` in round-robin order."""
+    return max(0, (start_batch - worker + workers - 1) // workers)
+
+
+class TrainStream(IterableDataset):
+    """Infinite resampled batches (dicts of ``x1``, ``z_up``, ``z_low``, ``keys``, ``captions``) for one rank.
+
+    Args:
+        start_batch: batches this rank's DataLoader already returned (for exact resume; the number of
+            DataLoader workers must be the same as before).
+    """
+
+    def __init__(
+        self,
+        dataset: LatentDataset,
+        transform: SampleTransform,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        start_batch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
+
+    def segment_shard(self, stream: int, segment: int) -> int:
+        return random.Random(f"{self.seed}:shard:{self.rank}:{stream}:{segment}").randrange(
+            len(self.dataset.shards)
+        )
+
+    def segment_samples(self, stream: int, segment: int, skip: int) -> Iterator[dict[str, Any]]:
+        shard = self.segment_shard(stream, segment)
+        rng = random.Random(f"{self.seed}:shuffle:{self.rank}:{stream}:{segment}")
+        order = shuffled(raw_samples(str(self.dataset.shards[shard])), self.shuffle_buffer, rng)
+        for index, raw in enumerate(order):
+            if index < skip:
+                continue
+            crop_rng = random.Random(f"{self.seed}:crop:{self.rank}:{stream}:{segment}:{index}")
+            yield self.transform(decode_sample(raw), crop_rng)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = worker_identity()
+        # After a resume the DataLoader starts its round robin at worker 0; rotate so that each worker
+        # continues the stream that would have served the next batch.
+        stream = (worker + self.start_batch) % workers
+        skip = batches_served(self.start_batch, stream, workers) * self.batch_size
+        segment = 0
+        while skip >= self.dataset.counts[self.segment_shard(stream, segment)]:
+            skip -= self.dataset.counts[self.segment_shard(stream, segment)]
+            segment += 1
+        pending: list[dict[str, Any]] = []
+        while True:
+            for sample in self.segment_samples(stream, segment, skip):
+                pending.append(sample)
+                if len(pending) == self.batch_size:
+                    yield collate(pending)
+                    pending = []
+            segment, skip = segment + 1, 0
+
+
+class ValidationStream(IterableDataset):
+    """This rank's shards (``shards[rank::world]``) split over workers in order; last batch may be short."""
+
+    def __init__(
+        self,
+        dataset: LatentDataset,
+        transform: SampleTransform,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, workers = worker_identity()
+        mine = self.dataset.shards[self.rank :: self.world_size][worker::workers]
+        pending: list[dict[str, Any]] = []
+        for shard in mine:
+            for raw in raw_samples(str(shard)):
+                pending.append(self.transform(decode_sample(raw), random.Random(raw["__key__"])))
+                if len(pending) == self.batch_size:
+                    yield collate(pending)
+                    pending = []
+        if pending:
+            yield collate(pending)
+
+
+def make_loader(stream: IterableDataset, num_workers: int) -> DataLoader:
+    """A DataLoader over a stream that batches by itself."""
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)

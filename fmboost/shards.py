@@ -1,0 +1,144 @@
+"""The latent shard format (v1): file layout, per-sample fields, manifest and per-shard stats.
+
+This module is the single definition shared by the writer (``data_pipeline``) and the readers
+(training, evaluation)::
+
+    OUT/manifest.json             schema, first stage + scale/shift, sizes, dtype, psu variant, totals
+    OUT/shards/000000.tar         one output shard per input shard
+    OUT/shards/000000.stats.json  that shard's counts; written last, atomically: marks it complete
+
+Per sample: ``KEY.latent.npy`` (float16 [C, H, W], high-res), ``KEY.latent_lowres.npy``,
+``KEY.latent_psu.npy`` (upsampled low-res, shape of ``latent``), ``KEY.txt``, ``KEY.json`` and
+optionally ``KEY.jpg`` (the high-res crop). Arrays are stored *unscaled*; readers scale them with the
+manifest's values. Only ``.npy`` (without pickle), ``.txt``, ``.json`` and images are ever decoded.
+"""
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmboost.errors import FMBoostError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARDS_DIR = "shards"
+LATENT, LATENT_LOWRES, LATENT_PSU = "latent.npy", "latent_lowres.npy", "latent_psu.npy"
+CAPTION, METADATA, IMAGE = "txt", "json", "jpg"
+STORAGE_DTYPE = "float16"
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}"
+
+
+def shard_path(root: Path, index: int) -> Path:
+    return root / SHARDS_DIR / f"{shard_name(index)}.tar"
+
+
+def stats_path(root: Path, index: int) -> Path:
+    return root / SHARDS_DIR / f"{shard_name(index)}.stats.json"
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of ``array`` stored as float16."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float16), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """An array from ``.npy`` bytes; object arrays (pickle) are refused by numpy."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary name, fsync and rename, so readers never see half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)
+
+
+@dataclass
+class ShardStats:
+    """What happened to every sample of one input shard: ``written + sum(rejected) == seen``."""
+
+    source: str
+    seen: int = 0
+    written: int = 0
+    upscaled: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    rejected_keys: dict[str, list[str]] = field(default_factory=dict)
+    first_rejection: dict[str, str] = field(default_factory=dict)
+    tar_error: str | None = None
+
+    def reject(self, key: str, reason: str, detail: str = "") -> None:
+        """Count a sample that was seen and not written, keeping its key and the first detail per reason."""
+        self.seen += 1
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.rejected_keys.setdefault(reason, []).append(key)
+        self.first_rejection.setdefault(reason, f"{key}: {detail}" if detail else key)
+
+    @property
+    def total_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def is_balanced(self) -> bool:
+        return self.written + self.total_rejected == self.seen
+
+
+@dataclass
+class Manifest:
+    """Dataset-level description; ``totals`` sums the stats of the completed shards."""
+
+    first_stage: dict[str, Any]
+    high_res: int
+    low_res: int
+    latent_channels: int
+    high_res_latent: int
+    low_res_latent: int
+    psu_variant: str
+    source_shards: list[str]
+    completed_shards: list[int]
+    totals: dict[str, Any]
+    has_images: bool
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    dtype: str = STORAGE_DTYPE
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def scale(self) -> float:
+        return float(self.first_stage["scale"])
+
+    @property
+    def shift(self) -> float:
+        return float(self.first_stage["shift"])
+
+    @property
+    def scale_factor(self) -> int:
+        return self.high_res_latent // self.low_res_latent
+
+    def save(self, root: Path) -> None:
+        write_json_atomically(root / MANIFEST_NAME, asdict(self))
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Manifest":
+        path = Path(root) / MANIFEST_NAME
+        if not path.is_file():
+            raise FMBoostError(f"{Path(root)} is not a latent dataset: {MANIFEST_NAME} is missing")
+        payload = json.loads(path.read_text())
+        if payload.get("schema_version") != SCHEMA_VERSION:
+            raise FMBoostError(
+                f"{path}: shard schema version {payload.get('schema_version')} is not supported "
+                f"(this FMBoost reads version {SCHEMA_VERSION})"
+            )
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in payload.items() if key in known})

@@ -1,0 +1,165 @@
+import io
+import itertools
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.encode_shards import run
+from fmboost import shards as schema
+from fmboost.data import TrainStream, ValidationStream, check_compatible, make_loader, resolve_dataset
+from fmboost.data.dataset import SampleTransform, decode_sample
+from fmboost.errors import FMBoostError
+from fmboost.shards import Manifest
+from tests.data_pipeline.builders import good_shards, tiny_encode_config
+
+
+@pytest.fixture(scope="module")
+def latent_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latents")
+    run(tiny_encode_config(good_shards(root / "in", shards=4, per_shard=6), root / "out"))
+    return resolve_dataset(str(root / "out"))
+
+
+def keys_of(loader, batches):
+    return [tuple(batch["keys"]) for batch in itertools.islice(loader, batches)]
+
+
+def train_stream(dataset, rank=0, world_size=2, start_batch=0, batch_size=4, crop_size=None):
+    transform = SampleTransform(dataset.manifest, "psu_roundtrip", crop_size)
+    return TrainStream(
+        dataset, transform, batch_size, rank, world_size, seed=3, shuffle_buffer=5, start_batch=start_batch
+    )
+
+
+def test_two_ranks_with_two_workers_each_get_equal_numbers_of_full_distinct_batches(latent_dataset):
+    per_rank = [
+        keys_of(make_loader(train_stream(latent_dataset, rank), num_workers=2), 15) for rank in (0, 1)
+    ]
+    assert [len(batches) for batches in per_rank] == [15, 15]
+    assert all(len(batch) == 4 for batches in per_rank for batch in batches)
+    assert per_rank[0] != per_rank[1]
+    all_keys = {key for batches in per_rank for batch in batches for key in batch}
+    assert len(all_keys) > 12, "resampling reaches many samples"
+
+
+def test_resuming_at_a_batch_continues_the_uninterrupted_stream_exactly(latent_dataset):
+    uninterrupted = keys_of(make_loader(train_stream(latent_dataset), num_workers=2), 12)
+    for start in (1, 4, 7):
+        resumed = keys_of(
+            make_loader(train_stream(latent_dataset, start_batch=start), num_workers=2), 12 - start
+        )
+        assert resumed == uninterrupted[start:]
+
+
+def test_the_training_stream_is_reproducible_and_depends_on_the_seed(latent_dataset):
+    first = keys_of(make_loader(train_stream(latent_dataset), 0), 5)
+    assert keys_of(make_loader(train_stream(latent_dataset), 0), 5) == first
+    transform = SampleTransform(latent_dataset.manifest, "psu_roundtrip")
+    other = TrainStream(latent_dataset, transform, 4, 0, 2, seed=4, shuffle_buffer=5)
+    assert keys_of(make_loader(other, 0), 5) != first
+
+
+def test_validation_is_finite_deterministic_and_covers_every_sample_once_across_ranks(latent_dataset):
+    transform = SampleTransform(latent_dataset.manifest, "psu_roundtrip")
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(ValidationStream(latent_dataset, transform, 4, rank, 2), num_workers=2)
+        seen += [key for batch in loader for key in batch["keys"]]
+    assert sorted(seen) == sorted(f"{s:05d}{i:04d}" for s in range(4) for i in range(6))
+    batch = next(iter(make_loader(ValidationStream(latent_dataset, transform, 4), 0)))
+    assert batch["images"].shape == (4, 3, 32, 32) and batch["images"].dtype == torch.uint8
+
+
+def test_batches_hold_scaled_latents_and_the_stored_context():
+    stored = {
+        "__key__": "k",
+        schema.LATENT: schema.encode_array(np.full((3, 4, 4), 2.0)),
+        schema.LATENT_LOWRES: schema.encode_array(np.full((3, 2, 2), 1.0)),
+        schema.LATENT_PSU: schema.encode_array(np.full((3, 4, 4), 1.5)),
+        "txt": b"cap",
+    }
+    fake = Manifest(
+        {"scale": 0.5, "shift": 1.0, "downsampling_factor": 1},
+        4,
+        2,
+        3,
+        4,
+        2,
+        "psu_roundtrip",
+        [],
+        [],
+        {},
+        False,
+    )
+    out = SampleTransform(fake, "psu_roundtrip")(decode_sample(stored), None)
+    torch.testing.assert_close(out["x1"], torch.full((3, 4, 4), 0.5))  # (2 - 1) * 0.5
+    torch.testing.assert_close(out["z_up"], torch.full((3, 4, 4), 0.25))
+    bilinear = SampleTransform(fake, "bilinear")(decode_sample(stored), None)
+    torch.testing.assert_close(
+        bilinear["z_up"], torch.zeros(3, 4, 4)
+    )  # from the low-res latent: (1 - 1) * 0.5
+
+
+def test_random_latent_crops_stay_aligned_across_fields(latent_dataset):
+    batch = next(iter(make_loader(train_stream(latent_dataset, crop_size=16, batch_size=2), 0)))
+    assert batch["x1"].shape == (2, 3, 16, 16) and batch["z_low"].shape == (2, 3, 8, 8)
+    # identity first stage: the PSU context is the bilinear upsampling of the low-res crop, so they must agree
+    upsampled = torch.nn.functional.interpolate(batch["z_low"], scale_factor=2, mode="bilinear")
+    assert (upsampled - batch["z_up"])[..., 2:-2, 2:-2].abs().mean() < 0.05
+
+
+def test_shards_that_do_not_fit_the_model_are_refused(latent_dataset):
+    check_compatible(latent_dataset.manifest, latent_channels=3, scale_factor=2, first_stage_name="identity")
+    with pytest.raises(FMBoostError, match="3-channel latents, but the model uses 4"):
+        check_compatible(latent_dataset.manifest, latent_channels=4, scale_factor=2)
+    with pytest.raises(FMBoostError, match=r"16² → 32² pairs \(×2\), but flow.scale_factor is 4"):
+        check_compatible(latent_dataset.manifest, latent_channels=3, scale_factor=4)
+    with pytest.raises(FMBoostError, match="first stage 'identity', but the config names 'taesd'"):
+        check_compatible(latent_dataset.manifest, latent_channels=3, scale_factor=2, first_stage_name="taesd")
+
+
+def test_selecting_shards_by_pattern_and_refusing_incomplete_ones(latent_dataset):
+    root = latent_dataset.root
+    subset = resolve_dataset(str(root / "shards" / "{000000..000001}.tar"))
+    assert subset.counts == [6, 6] and subset.manifest.completed_shards == [0, 1, 2, 3]
+    with pytest.raises(FMBoostError, match="not a complete latent shard"):
+        resolve_dataset(str(root / "shards" / "000009.tar"))
+    with pytest.raises(FMBoostError, match="manifest.json is missing"):
+        resolve_dataset(str(root / "shards"))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (eval, ("__import__('pathlib').Path('PWNED').touch()",))
+
+
+def test_the_reader_never_unpickles_shard_data(tmp_path, latent_dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = latent_dataset.shards[0].read_bytes()
+    shard = tmp_path / "shards" / "000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(source)) as original, tarfile.open(shard, "w") as target:
+        payload = pickle.dumps(Exploit())
+        for index, member in enumerate(original.getmembers()):
+            target.addfile(member, original.extractfile(member))
+            if index == 0:  # a pickle member inside the first sample
+                info = tarfile.TarInfo(member.name.split(".")[0] + ".pyd")
+                info.size = len(payload)
+                target.addfile(info, io.BytesIO(payload))
+    (tmp_path / "shards" / "000000.stats.json").write_text(json.dumps({"written": 6}))
+    (tmp_path / "manifest.json").write_text((latent_dataset.root / "manifest.json").read_text())
+    dataset = resolve_dataset(str(shard))
+    transform = SampleTransform(dataset.manifest, "psu_roundtrip")
+    batches = list(make_loader(ValidationStream(dataset, transform, 8), 0))
+    assert sum(len(b["keys"]) for b in batches) == 6
+    assert not (tmp_path / "PWNED").exists()
+
+    object_array = io.BytesIO()
+    np.save(object_array, np.array([Exploit()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        schema.decode_array(object_array.getvalue())
+    assert not (tmp_path / "PWNED").exists()
