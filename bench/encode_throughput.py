@@ -1,6 +1,6 @@
 """Encoding pipeline throughput against the bare first stage, measured in one run.
 
-    python bench/encode_throughput.py [--first-stage-path ../shared/weights] [--high-res 128] [--out bench/results/encode_throughput.json]
+    python bench/encode_throughput.py [--first-stage-path ../shared/weights] [--high-res 128]
 
 *Pipeline*: the full ``encode_shards`` job (tar reading, decoding and cropping in DataLoader workers,
 encoding, PSU, ``.npy``/JPEG serialisation, tar writing) on the sample dataset. *Model only*: the same
@@ -24,13 +24,19 @@ from fmboost.first_stage import build_first_stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--first-stage", default="taesd", help="first stage name (default taesd)")
-    parser.add_argument("--first-stage-path", default="../shared/weights", help="its weights (TAEF2 by default)")
+    parser.add_argument(
+        "--first-stage-path", default="../shared/weights", help="its weights (TAEF2 by default)"
+    )
     parser.add_argument("--high-res", type=int, default=128, help="high-res crop size in pixels")
     parser.add_argument("--batch-size", type=int, default=8, help="encoder batch size")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the pipeline")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/encode_throughput.json"), help="JSON output")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results/encode_throughput.json"), help="JSON output"
+    )
     args = parser.parse_args()
 
     first_stage_config = FirstStageConfig(name=args.first_stage, path=args.first_stage_path)

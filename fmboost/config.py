@@ -86,7 +86,9 @@ class TrainConfig:
     log_every: int = 50
     validate_every: int = 5000
     checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
     resume: str = "auto"
+    validation_samples: int = 8
 
 
 @dataclass
@@ -99,6 +101,7 @@ class ClusterConfig:
     partition: str | None = None
     time_minutes: int = 4320
     cpus_per_task: int = 8
+    request_gpus: bool = True
 
 
 @dataclass
@@ -255,6 +258,13 @@ def validate(config: FMBoostConfig) -> None:
         config.train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}"
     )
     _require(config.first_stage.tile_overlap >= 0, "first_stage.tile_overlap", "must not be negative")
+    _require(
+        config.train.resume in ("auto", "never") or Path(config.train.resume).is_dir(),
+        "train.resume",
+        f"use auto, never or the directory of a checkpoint ({config.train.resume!r} is none of these)",
+    )
+    for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
+        _require(getattr(config.train, key) > 0, f"train.{key}", "must be positive")
 
 
 def to_yaml(config: FMBoostConfig) -> str:

@@ -105,9 +105,12 @@ def test_every_kind_of_bad_input_is_counted_and_the_job_goes_on(tmp_path):
 
     first = json.loads((tmp_path / "out/shards/000000.stats.json").read_text())
     assert first["rejected"] == {
-        Reason.MISSING_IMAGE: 1, Reason.UNDECODABLE_IMAGE: 1, Reason.TRUNCATED_IMAGE: 1,
-        Reason.TOO_SMALL: 1, Reason.EXTREME_ASPECT_RATIO: 1,
-    }  # fmt: skip
+        Reason.MISSING_IMAGE: 1,
+        Reason.UNDECODABLE_IMAGE: 1,
+        Reason.TRUNCATED_IMAGE: 1,
+        Reason.TOO_SMALL: 1,
+        Reason.EXTREME_ASPECT_RATIO: 1,
+    }
     assert first["rejected_keys"][Reason.TOO_SMALL] == ["small"]
     assert (first["seen"], first["written"]) == (7, 2)
 
@@ -141,8 +144,17 @@ def test_kill_minus_nine_then_rerun_gives_byte_identical_output(tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     run(tiny_encode_config(inputs, reference_dir, batch_size=2))
 
-    command = [sys.executable, "-m", "data_pipeline.encode_shards", f"input={inputs}", f"output={killed_dir}",
-               "high_res=32", "low_res=16", "batch_size=2", "num_workers=0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "data_pipeline.encode_shards",
+        f"input={inputs}",
+        f"output={killed_dir}",
+        "high_res=32",
+        "low_res=16",
+        "batch_size=2",
+        "num_workers=0",
+    ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not list((killed_dir / "shards").glob("000002.stats.json")):

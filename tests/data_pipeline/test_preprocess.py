@@ -30,8 +30,11 @@ def test_a_good_jpeg_becomes_a_square_uint8_crop_with_caption_and_provenance():
     assert result.caption == "a caption"
     assert result.metadata["url"] == "u"
     assert result.metadata["fmboost"] == {
-        "source_shard": "00000.tar", "source_size": [80, 64], "crop_box": [8, 0, 72, 64], "upscaled": False
-    }  # fmt: skip
+        "source_shard": "00000.tar",
+        "source_size": [80, 64],
+        "crop_box": [8, 0, 72, 64],
+        "upscaled": False,
+    }
 
 
 def test_caption_falls_back_to_the_json_caption():
@@ -49,9 +52,16 @@ def test_exif_orientation_is_applied_before_cropping():
 
 @pytest.mark.parametrize(
     ("mode", "fmt", "options"),
-    [("RGBA", "PNG", {}), ("LA", "PNG", {}), ("P", "PNG", {"transparency": 0}), ("CMYK", "JPEG", {}),
-     ("L", "PNG", {}), ("I;16", "PNG", {}), ("RGB", "WEBP", {})],
-)  # fmt: skip
+    [
+        ("RGBA", "PNG", {}),
+        ("LA", "PNG", {}),
+        ("P", "PNG", {"transparency": 0}),
+        ("CMYK", "JPEG", {}),
+        ("L", "PNG", {}),
+        ("I;16", "PNG", {}),
+        ("RGB", "WEBP", {}),
+    ],
+)
 def test_every_colour_mode_becomes_rgb(mode, fmt, options):
     if mode == "I;16":
         array = (np.linspace(0, 65535, 48 * 48).reshape(48, 48)).astype(np.uint16)

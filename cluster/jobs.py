@@ -1,0 +1,108 @@
+"""The functions submitit runs on each task: training (checkpointable) and encoding (array tasks).
+
+Each task turns submitit's ``JobEnvironment`` into the standard distributed variables and runs the
+same code a user runs by hand (:func:`fmboost.training.trainer.train`,
+:func:`data_pipeline.encode_shards.run`). On the pre-emption/time-limit signal every training rank
+saves a checkpoint, then rank 0 hands over to submitit, which requeues the job; the requeued job
+resumes from that checkpoint by itself (``train.resume=auto``).
+"""
+
+import logging
+import re
+import signal
+import socket
+import subprocess
+import threading
+from typing import Any
+
+import submitit
+
+from fmboost.distributed import DistributedEnv
+
+logger = logging.getLogger(__name__)
+
+
+def master_port(job_id: str) -> int:
+    """A port derived from the job id, so concurrent jobs on one node do not collide."""
+    digits = re.sub(r"\D", "", job_id) or "0"
+    return 20000 + int(digits) % 40000
+
+
+def master_address(hostname: str) -> str:
+    """An address for the first node: DNS, else the node's ``NodeAddr`` from Slurm (test clusters)."""
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        pass
+    try:
+        described = subprocess.run(
+            ["scontrol", "show", "node", hostname, "-o"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return hostname
+    match = re.search(r"NodeAddr=(\S+)", described)
+    return match.group(1) if match else hostname
+
+
+def distributed_env_from_submitit() -> DistributedEnv:
+    job = submitit.JobEnvironment()
+    return DistributedEnv(
+        rank=job.global_rank,
+        world_size=job.num_tasks,
+        local_rank=job.local_rank,
+        master_addr=master_address(job.hostnames[0]),
+        master_port=master_port(str(job.job_id)),
+    )
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    """``TrainingJob(config_path, overrides)()`` trains on one task of a (multi-node) job."""
+
+    def __init__(self, config_path: str, overrides: list[str]) -> None:
+        self.config_path, self.overrides = config_path, list(overrides)
+
+    def __call__(self) -> dict[str, Any]:
+        from fmboost.config import load_config
+        from fmboost.train import configure_logging
+        from fmboost.training.trainer import train
+
+        env = distributed_env_from_submitit()
+        configure_logging(env)
+        stop = threading.Event()
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
+        result = train(load_config(self.config_path, self.overrides), env, stop)
+        if result.status == "preempted" and env.is_main and callable(submitit_handler):
+            logger.info("checkpoint saved; handing over to submitit to requeue the job")
+            submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues and exits
+        return {
+            "status": result.status,
+            "step": result.step,
+            "images_seen": result.images_seen,
+            "run_dir": str(result.run_dir),
+            "export_dir": str(result.export_dir) if result.export_dir else None,
+            "mlflow_run_id": result.mlflow_run_id,
+        }
+
+
+class EncodeJob:
+    """One array task of the encoding job: ``EncodeJob(config_path, overrides)(task_index, num_tasks)``."""
+
+    def __init__(self, config_path: str, overrides: list[str]) -> None:
+        self.config_path, self.overrides = config_path, list(overrides)
+
+    def __call__(self, task_index: int, num_tasks: int) -> dict[str, Any]:
+        from data_pipeline.config import load_encode_config
+        from data_pipeline.encode_shards import run
+
+        logging.basicConfig(
+            level=logging.INFO, format=f"%(asctime)s [task {task_index}] %(levelname)s %(message)s"
+        )
+        split = [f"task_index={task_index}", f"num_tasks={num_tasks}"]
+        summary = run(load_encode_config(self.config_path, [*self.overrides, *split]))
+        return {"task_index": task_index, "shards_done": summary.shards_done, "written": summary.written,
+                "rejected": summary.rejected}  # fmt: skip

@@ -1,0 +1,198 @@
+"""Submit FMBoost jobs with submitit: DeepSpeed training on Slurm or locally, and encoding arrays.
+
+    python cluster/submit.py [--nodes N] [--gpus-per-node G] [--partition P] [--time MIN]
+                             [--cluster auto|slurm|local] [--dry-run] [--wait] CONFIG [key=value ...]
+    python cluster/submit.py --array N configs/encode/laion_1k.yaml [key=value ...]
+
+A training config starts one task per GPU on every node; each task sets up the distributed
+environment from submitit's JobEnvironment and runs the trainer. Jobs checkpoint and requeue
+themselves on Slurm's time-limit/pre-emption signal. An encode config (top-level ``input``/``output``)
+with ``--array N`` runs N array tasks, each encoding its share of the input shards.
+"""
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import submitit
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python cluster/submit.py` runs without the package on sys.path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from cluster.jobs import EncodeJob, TrainingJob  # noqa: E402
+from fmboost.config import load_config, to_yaml  # noqa: E402
+from fmboost.errors import ConfigError, FMBoostError  # noqa: E402
+from fmboost.tracking import default_tracking_uri  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python cluster/submit.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "config", help="training config (configs/cfm_1k.yaml) or encode config (configs/encode/*.yaml)"
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides as section.key=value")
+    parser.add_argument("--nodes", type=int, help="number of nodes (default: cluster.nodes)")
+    parser.add_argument(
+        "--gpus-per-node", type=int, help="tasks (one per GPU) per node (default: cluster.gpus_per_node)"
+    )
+    parser.add_argument(
+        "--partition", help="Slurm partition (default: cluster.partition, else the cluster default)"
+    )
+    parser.add_argument(
+        "--time", type=int, metavar="MIN", help="time limit in minutes (default: cluster.time_minutes)"
+    )
+    parser.add_argument(
+        "--cluster",
+        choices=("auto", "slurm", "local"),
+        default=None,
+        help="auto: Slurm if sbatch is on PATH, else local processes (default: cluster.backend)",
+    )
+    parser.add_argument(
+        "--cpus-per-task",
+        type=int,
+        help="CPUs per task (default: cluster.cpus_per_task; encoding: num_workers + 2)",
+    )
+    parser.add_argument("--array", type=int, metavar="N", help="run an encode config as N array tasks")
+    parser.add_argument(
+        "--job-dir",
+        type=Path,
+        help="submitit logs and pickles (default: RUN_DIR/submitit or OUTPUT/submitit)",
+    )
+    parser.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        metavar="S",
+        help="seconds before the time limit at which Slurm signals the job to checkpoint (default 120)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, print the resolved config and job parameters, submit nothing",
+    )
+    parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def choose_backend(requested: str) -> str:
+    if requested == "auto":
+        backend = "slurm" if shutil.which("sbatch") else "local"
+        print(f"cluster: {backend} ({'sbatch found on PATH' if backend == 'slurm' else 'no sbatch on PATH'})")
+        return backend
+    if requested == "slurm" and not shutil.which("sbatch"):
+        raise ConfigError(
+            "--cluster slurm: sbatch is not on PATH; use --cluster local to run on this machine"
+        )
+    return requested
+
+
+def is_encode_config(path: str) -> bool:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the problem with its own message
+    return isinstance(loaded, dict) and "input" in loaded and "output" in loaded
+
+
+def job_parameters(args: argparse.Namespace, cluster, backend: str) -> dict:
+    nodes = args.nodes or cluster.nodes
+    tasks = args.gpus_per_node or cluster.gpus_per_node
+    parameters = {
+        "name": "fmboost",
+        "nodes": nodes,
+        "tasks_per_node": tasks,
+        "cpus_per_task": args.cpus_per_task or cluster.cpus_per_task,
+        "timeout_min": args.time or cluster.time_minutes,
+    }
+    if cluster.request_gpus:
+        parameters["gpus_per_node"] = tasks
+    if backend == "slurm":
+        parameters["slurm_signal_delay_s"] = args.signal_delay
+        if args.partition or cluster.partition:
+            parameters["slurm_partition"] = args.partition or cluster.partition
+    return parameters
+
+
+def submit_training(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    backend = choose_backend(args.cluster or config.cluster.backend)
+    parameters = job_parameters(args, config.cluster, backend)
+    run_dir = Path(config.train.run_dir).resolve()
+    if args.dry_run:
+        print(to_yaml(config))
+        print(f"{backend} job parameters: {parameters}")
+        return 0
+    job_dir = args.job_dir or run_dir / "submitit"
+    executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
+    executor.update_parameters(**parameters)
+    job = executor.submit(TrainingJob(str(Path(args.config).resolve()), args.overrides))
+    print(f"job id: {job.job_id}")
+    print(f"logs: {job.paths.folder}")
+    tracking_uri = config.logging.tracking_uri or default_tracking_uri(run_dir)
+    print(f"MLflow: experiment {config.logging.experiment!r} at {tracking_uri}")
+    if args.wait:
+        results = job.results()
+        main_result = results[0] if isinstance(results, list) else results
+        print(f"result: {main_result}")
+    return 0
+
+
+def submit_encoding(args: argparse.Namespace) -> int:
+    from data_pipeline.config import load_encode_config
+    from fmboost.config import ClusterConfig
+
+    config = load_encode_config(args.config, args.overrides)
+    tasks = args.array or 1
+    cluster = ClusterConfig(
+        nodes=1, gpus_per_node=1, request_gpus=False, time_minutes=1440, cpus_per_task=config.num_workers + 2
+    )
+    backend = choose_backend(args.cluster or "auto")
+    parameters = job_parameters(args, cluster, backend) | {"name": "fmboost-encode"}
+    if backend == "slurm":
+        parameters["slurm_array_parallelism"] = tasks
+    if args.dry_run:
+        print(to_yaml(config))
+        print(f"{backend} array of {tasks} tasks, parameters: {parameters}")
+        return 0
+    job_dir = args.job_dir or Path(config.output).resolve() / "submitit"
+    executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
+    executor.update_parameters(**parameters)
+    job_fn = EncodeJob(str(Path(args.config).resolve()), args.overrides)
+    jobs = executor.map_array(job_fn, list(range(tasks)), [tasks] * tasks)
+    print(f"job ids: {', '.join(job.job_id for job in jobs)}")
+    print(f"logs: {jobs[0].paths.folder.parent}")
+    if args.wait:
+        for job in jobs:
+            print(f"result: {job.result()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        if args.array is not None or is_encode_config(args.config):
+            code = submit_encoding(args)
+        else:
+            code = submit_training(args)
+    except FMBoostError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except submitit.core.utils.FailedJobError as error:
+        print(f"error: the job failed:\n{error}", file=sys.stderr)
+        return 1
+    if args.wait:
+        print(f"done in {time.perf_counter() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The distributed environment, set up in one place for torchrun, submitit and single processes.
+
+Launchers export the standard variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``); :func:`init_distributed` reads them, picks NCCL on GPUs and gloo on CPU, and
+initialises DeepSpeed's communication layer on top of ``torch.distributed``.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> "DistributedEnv":
+        environ = os.environ if environ is None else environ
+        return cls(
+            rank=int(environ.get("RANK", 0)),
+            world_size=int(environ.get("WORLD_SIZE", 1)),
+            local_rank=int(environ.get("LOCAL_RANK", 0)),
+            master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(environ.get("MASTER_PORT", 29500)),
+        )
+
+    def export(self) -> None:
+        """Write the standard variables, for libraries (DeepSpeed, torch) that read them."""
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK=str(self.local_rank),
+            MASTER_ADDR=self.master_addr,
+            MASTER_PORT=str(self.master_port),
+        )
+
+
+def device_for(env: DistributedEnv) -> torch.device:
+    """One task per GPU: ``cuda:LOCAL_RANK`` when GPUs exist, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(env: DistributedEnv) -> str:
+    """Join the process group (a single process too, so DeepSpeed runs the same); returns the backend."""
+    import deepspeed
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    env.export()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    logger.info("rank %d/%d (local %d) joined via %s at %s:%d", env.rank, env.world_size, env.local_rank,
+                backend, env.master_addr, env.master_port)  # fmt: skip
+    return backend

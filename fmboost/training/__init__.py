@@ -1,0 +1,1 @@
+"""The training loop (DeepSpeed ZeRO) and its parts: engine setup, checkpoints, validation."""

@@ -1,0 +1,104 @@
+"""Training checkpoints: DeepSpeed state plus what exact resume needs, and the EMA export.
+
+Layout under ``RUN/checkpoints/``::
+
+    step_00000100/            DeepSpeed's files (per-rank optimizer shards, model states)
+        trainer_state.json    step, images seen, batches served by the data stream, EMA updates
+        ema.safetensors       EMA weights (float32)
+        rng_rank{R}.safetensors  RNG states of rank R
+        export/               model.safetensors + config.json of the EMA model (``from_pretrained``)
+        COMPLETE              written last by rank 0, once every rank has finished
+    latest                    the tag of the last COMPLETE checkpoint, replaced atomically
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fmboost.errors import FMBoostError
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+EXPORT_DIR = "export"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    images_seen: int = 0
+    batches_served: int = 0
+    num_workers: int = 0
+    ema_updates: int = 0
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The last complete checkpoint, or ``None``; a pointer to an incomplete one is an error."""
+    pointer = checkpoint_root(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    directory = checkpoint_root(run_dir) / pointer.read_text().strip()
+    if not (directory / COMPLETE).is_file():
+        raise FMBoostError(f"{pointer} names {directory.name}, which is not a complete checkpoint")
+    return directory
+
+
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "loss_generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
+    save_file(rng_state(generator), str(directory / f"rng_rank{rank}.safetensors"))
+
+
+def load_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
+    path = directory / f"rng_rank{rank}.safetensors"
+    if not path.is_file():
+        raise FMBoostError(f"{directory}: no RNG state for rank {rank}; was the world size different?")
+    state = load_file(str(path))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loss_generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_main_process_files(directory: Path, state: TrainerState, ema_state: dict[str, torch.Tensor]) -> None:
+    (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(directory / EMA_FILE))
+
+
+def load_trainer_state(directory: Path) -> TrainerState:
+    return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def load_ema_state(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / EMA_FILE))
+
+
+def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
+    """Declare ``directory`` complete, point ``latest`` at it, and prune older checkpoints."""
+    (directory / COMPLETE).write_text("")
+    pointer = checkpoint_root(run_dir) / LATEST
+    partial = pointer.with_name(f".{LATEST}.partial")
+    partial.write_text(directory.name)
+    partial.replace(pointer)
+    complete = sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,65 @@
+"""Everything DeepSpeed needs: its config (derived from ours), the optimizer and the LR warm-up."""
+
+import copy
+from typing import Any
+
+import torch
+
+from fmboost.config import FMBoostConfig
+from fmboost.errors import ConfigError
+
+OWNED_KEYS = {
+    "train_micro_batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "gradient_clipping": "train.grad_clip",
+    "train_batch_size": "data.batch_size and train.grad_accum",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "optimizer": "train.lr / train.weight_decay (FMBoost builds AdamW itself)",
+    "scheduler": "train.warmup_steps",
+}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on GPUs and fp32 on CPUs."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def deepspeed_config(config: FMBoostConfig, device: torch.device) -> dict[str, Any]:
+    """The ``deepspeed`` section plus the keys FMBoost derives from ``data``/``train``."""
+    section = copy.deepcopy(config.deepspeed)
+    for key, owner in OWNED_KEYS.items():
+        if key in section:
+            raise ConfigError(f"deepspeed.{key}: set by FMBoost from {owner}; set it there instead")
+    stage = int(section.get("zero_optimization", {}).get("stage", 0))
+    if stage not in (0, 1, 2):
+        raise ConfigError(
+            f"deepspeed.zero_optimization.stage: {stage} is not supported; ZeRO-3 partitions the weights, "
+            "which the EMA and the export read whole every step. Use stage 0, 1 or 2."
+        )
+    precision = resolve_precision(config.train.precision, device)
+    section.update(
+        train_micro_batch_size_per_gpu=config.data.batch_size,
+        gradient_accumulation_steps=config.train.grad_accum,
+        gradient_clipping=config.train.grad_clip,
+        zero_allow_untested_optimizer=True,
+    )
+    section.setdefault("steps_per_print", 10**12)
+    section.setdefault("wall_clock_breakdown", False)
+    if precision in ("bf16", "fp16"):
+        section[precision] = {"enabled": True}
+    return section
+
+
+def build_optimizer(model: torch.nn.Module, config: FMBoostConfig) -> torch.optim.Optimizer:
+    """AdamW, the Adam-family optimizer of the paper (weight decay 0 by default)."""
+    return torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (as in the paper)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+    )

@@ -1,0 +1,107 @@
+"""Against a real local Slurm cluster (2 nodes, accounting): multi-node training, requeue, encode arrays."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fmboost.shards import Manifest
+from fmboost.training import checkpointing as ckpt
+from tests.conftest import REPO_ROOT
+from tests.data_pipeline.builders import good_shards
+from tests.training.helpers import build_latents, training_overrides
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def submit(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [sys.executable, "cluster/submit.py", "--cluster", "slurm", "--wait", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_two_node_job_trains_and_writes_a_checkpoint_and_an_mlflow_run(tmp_path):
+    latents = build_latents(tmp_path)
+    run_dir = tmp_path / "run"
+    result = submit(
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--time",
+        "10",
+        "configs/demo/tiny_cpu.yaml",
+        *training_overrides(latents, run_dir, max_steps=4, checkpoint_every=4, validate_every=4),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'status': 'finished', 'step': 4" in result.stdout
+    latest = ckpt.latest_checkpoint(run_dir)
+    assert latest.name == "step_00000004" and (latest / "rng_rank1.safetensors").is_file()
+    run = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run((run_dir / "mlflow_run_id").read_text())
+    assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
+
+
+def test_a_job_past_its_time_limit_is_requeued_and_finishes_from_its_checkpoint(tmp_path):
+    latents = build_latents(tmp_path)
+    run_dir = tmp_path / "run"
+    # about 2.5 minutes of work (~15 steps/s) under a 2-minute limit; the signal comes 30-90 s before it
+    overrides = training_overrides(
+        latents, run_dir, max_steps=2400, log_every=100, checkpoint_every=10_000, validate_every=10_000
+    )
+    result = submit(
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "1",
+        "--time",
+        "2",
+        "--signal-delay",
+        "30",
+        "configs/demo/tiny_cpu.yaml",
+        *overrides,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'status': 'finished', 'step': 2400" in result.stdout
+    job_id = result.stdout.split("job id: ")[1].split()[0]
+    history: list[str] = []
+    deadline = time.time() + 60  # accounting lags the job by a few seconds
+    while time.time() < deadline and (not history or history[-1] != "COMPLETED"):
+        time.sleep(1)
+        history = subprocess.run(
+            ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-o", "State"], capture_output=True, text=True
+        ).stdout.split()
+    assert "REQUEUED" in history and history[-1] == "COMPLETED"
+    log = (run_dir / "submitit" / job_id / f"{job_id}_0_log.err").read_text()
+    assert "resumed from" in log
+
+
+def test_an_encode_config_runs_as_an_array_job(tmp_path):
+    inputs = good_shards(tmp_path / "images", shards=4, per_shard=3)
+    output = tmp_path / "latents"
+    result = submit(
+        "--array",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "configs/encode/sample.yaml",
+        f"input={inputs}",
+        f"output={output}",
+        "high_res=32",
+        "low_res=16",
+        "num_workers=0",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = [
+        json.loads(line.split("result: ")[1].replace("'", '"'))
+        for line in result.stdout.splitlines()
+        if line.startswith("result: ")
+    ]
+    assert sorted(r["task_index"] for r in results) == [0, 1] and [r["shards_done"] for r in results] == [
+        2,
+        2,
+    ]
+    assert Manifest.load(output).completed_shards == [0, 1, 2, 3]

@@ -1,0 +1,98 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster.jobs import master_address, master_port
+from cluster.submit import main
+from fmboost.training import checkpointing as ckpt
+from tests.conftest import REPO_ROOT
+from tests.training.helpers import build_latents, training_overrides
+
+
+def test_dry_run_validates_and_prints_the_config_and_job_parameters(capsys):
+    assert (
+        main(
+            [
+                "--dry-run",
+                "--cluster",
+                "local",
+                "--nodes",
+                "8",
+                "--time",
+                "90",
+                "configs/cascade_2k.yaml",
+                "train.lr=1e-4",
+            ]
+        )
+        == 0
+    )
+    output = capsys.readouterr().out
+    assert "lr: 0.0001" in output and "crop_size: 128" in output
+    assert "'nodes': 8" in output and "'tasks_per_node': 8" in output and "'timeout_min': 90" in output
+
+
+def test_a_config_typo_is_one_line_before_anything_is_submitted(capsys):
+    assert main(["--dry-run", "configs/cfm_1k.yaml", "train.lrr=1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: command line: train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?"
+    )
+
+
+def test_help_explains_every_flag():
+    result = subprocess.run(
+        [sys.executable, "cluster/submit.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    for flag in (
+        "--nodes",
+        "--gpus-per-node",
+        "--partition",
+        "--time",
+        "--cluster",
+        "--dry-run",
+        "--array",
+        "--wait",
+    ):
+        assert flag in result.stdout
+
+
+def test_master_port_is_stable_per_job_and_address_resolution_falls_back(monkeypatch):
+    assert master_port("1234") == master_port("1234") != master_port("1235")
+    assert 20000 <= master_port("98765_3") < 60000
+    assert master_address("localhost") == "127.0.0.1"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert master_address("no-such-host.invalid") == "no-such-host.invalid"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_local_cluster_runs_two_deepspeed_tasks_with_zero(tmp_path, zero_stage):
+    latents = build_latents(tmp_path)
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(latents, run_dir, max_steps=4, checkpoint_every=4, validate_every=4)
+    overrides.append(f"deepspeed.zero_optimization.stage={zero_stage}")
+    command = [
+        sys.executable,
+        "cluster/submit.py",
+        "--cluster",
+        "local",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "2",
+        "--wait",
+        "configs/demo/tiny_cpu.yaml",
+        *overrides,
+    ]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=os.environ
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'status': 'finished', 'step': 4, 'images_seen': 32" in result.stdout
+    latest = ckpt.latest_checkpoint(run_dir)
+    assert sorted(p.name for p in latest.glob("rng_rank*")) == [
+        "rng_rank0.safetensors",
+        "rng_rank1.safetensors",
+    ]
+    assert (latest / "export" / "model.safetensors").is_file()

@@ -1,0 +1,125 @@
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fmboost.tracking import METRICS_FILE, RUN_ID_FILE, Tracker
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_default_store_is_sqlite_in_the_run_folder_with_local_artifacts(tmp_path):
+    tracker = Tracker(tmp_path / "run", None, "exp")
+    tracker.log_params({"train.lr": 0.001})
+    tracker.log_metrics({"train/loss": 0.5}, step=3)
+    (tmp_path / "grid.png").write_bytes(b"png")
+    tracker.log_artifact(tmp_path / "grid.png", "samples")
+    tracker.finish()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    run = client.get_run(tracker.run_id)
+    assert run.data.params == {"train.lr": "0.001"} and run.data.metrics == {"train/loss": 0.5}
+    assert run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "samples")] == ["samples/grid.png"]
+    assert (tmp_path / "run" / "mlartifacts").is_dir()
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
+    first = Tracker(tmp_path, None, "exp")
+    first.log_params({"a": 1})
+    second = Tracker(tmp_path, None, "exp")
+    second.log_params({"a": 2})  # immutable in MLflow: skipped on resume instead of failing
+    second.log_metrics({"m": 1.0}, step=1)
+    assert second.run_id == first.run_id == (tmp_path / RUN_ID_FILE).read_text()
+
+
+def test_a_dead_server_only_warns_and_metrics_stay_local(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+    tracker = Tracker(tmp_path, f"http://127.0.0.1:{free_port()}", "exp")
+    for step in range(3):
+        tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
+    tracker.finish()
+    assert time.monotonic() - started < 30, "a dead server must not stall training"
+    warnings = [r for r in caplog.records if "training goes on" in r.getMessage()]
+    assert len(warnings) == 1
+    lines = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+
+
+def test_non_main_ranks_log_nothing(tmp_path):
+    tracker = Tracker(tmp_path / "run", None, "exp", enabled=False)
+    tracker.log_metrics({"x": 1.0}, 0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            MlflowClient(uri).search_experiments()
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        stop_server(process)
+        pytest.fail("mlflow server did not start")
+    yield uri, process
+    stop_server(process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """The server forks workers: end its whole process group."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_logging_to_a_real_server_and_surviving_its_death(tmp_path, mlflow_server, caplog):
+    uri, process = mlflow_server
+    tracker = Tracker(tmp_path / "run", uri, "server-exp")
+    tracker.log_params({"train.lr": 0.1})
+    tracker.log_metrics({"train/loss": 2.0}, step=1)
+    assert MlflowClient(uri).get_run(tracker.run_id).data.metrics == {"train/loss": 2.0}
+
+    stop_server(process)
+    caplog.set_level(logging.WARNING)
+    tracker.log_metrics({"train/loss": 1.0}, step=2)
+    tracker.finish()
+    assert any("training goes on" in r.getMessage() for r in caplog.records)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert steps == [1, 2]

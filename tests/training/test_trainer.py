@@ -1,0 +1,177 @@
+"""End-to-end training with real DeepSpeed (gloo on CPU) and a real MLflow store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fmboost.config import load_config
+from fmboost.distributed import DistributedEnv
+from fmboost.first_stage.identity import IdentityFirstStage
+from fmboost.model import FMBoostModel
+from fmboost.objectives import CouplingFlowMatching
+from fmboost.training.trainer import NonFiniteLossError, train
+from tests.conftest import REPO_ROOT
+from tests.training.helpers import build_latents, training_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return build_latents(tmp_path_factory.mktemp("train-data"))
+
+
+def run_in_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
+    environment = {**os.environ, "MASTER_PORT": str(29000 + os.getpid() % 1000)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmboost.train", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def losses(run_dir) -> dict[int, float]:
+    """Training loss by step; a later line for the same step (after a resume) replaces the earlier one."""
+    table = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "train/loss" in entry:
+            table[entry["step"]] = entry["train/loss"]
+    return table
+
+
+def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_path, latents):
+    run_dir = tmp_path / "run"
+    process = run_in_subprocess(["configs/demo/tiny_cpu.yaml", *training_overrides(latents, run_dir)])
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000006"
+    model = FMBoostModel.from_pretrained(run_dir / "checkpoints" / "step_00000006" / "export")
+    assert model.upsample(torch.zeros(1, 3, 16, 16), IdentityFirstStage(), nfe=2).x1.shape == (1, 3, 32, 32)
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    run = client.get_run((run_dir / "mlflow_run_id").read_text())
+    assert run.info.status == "FINISHED"
+    assert {
+        "train/loss",
+        "train/grad_norm",
+        "train/lr",
+        "train/samples_per_s",
+        "train/images_seen",
+        "val/psnr",
+        "val/ssim",
+        "val/loss",
+    } <= set(run.data.metrics)
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.model_channels"] == "16"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples", "model"} <= artifacts
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+    assert client.get_metric_history(run.info.run_id, "train/images_seen")[-1].value == 24
+
+
+def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(tmp_path, latents):
+    steps = dict(max_steps=10, checkpoint_every=4, validate_every=100)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    process = run_in_subprocess(
+        ["configs/demo/tiny_cpu.yaml", *training_overrides(latents, reference, **steps)]
+    )
+    assert process.wait(timeout=300) == 0, process.stdout.read()
+
+    process = run_in_subprocess(
+        ["configs/demo/tiny_cpu.yaml", *training_overrides(latents, interrupted, **steps)]
+    )
+    deadline = time.time() + 300
+    while (
+        time.time() < deadline
+        and len(losses(interrupted) if (interrupted / "metrics.jsonl").exists() else {}) < 6
+    ):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (interrupted / "checkpoints" / "latest").read_text() == "step_00000004"
+
+    resumed = run_in_subprocess(
+        ["configs/demo/tiny_cpu.yaml", *training_overrides(latents, interrupted, **steps)]
+    )
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output
+    expected, actual = losses(reference), losses(interrupted)
+    assert sorted(actual) == list(range(1, 11))
+    for step in range(1, 11):
+        assert actual[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-7), f"step {step}"
+    model_a = FMBoostModel.from_pretrained(reference / "checkpoints" / "step_00000010" / "export")
+    model_b = FMBoostModel.from_pretrained(interrupted / "checkpoints" / "step_00000010" / "export")
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, latents, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    config = load_config(
+        REPO_ROOT / "configs/demo/tiny_cpu.yaml",
+        training_overrides(latents, run_dir, max_steps=3, checkpoint_every=3, validate_every=100),
+    )
+    train(config, DistributedEnv())
+
+    def diverged(self, net, x1, z_up, generator=None):  # fault injection: the loss blows up after the resume
+        return net(torch.cat([x1, z_up], dim=1), torch.zeros(len(x1))).sum() * float("nan")
+
+    monkeypatch.setattr(CouplingFlowMatching, "loss", diverged)
+    config.train.max_steps = 6
+    with pytest.raises(
+        NonFiniteLossError, match=r"the loss became nan at step 3.*last good checkpoint is .*step_00000003"
+    ):
+        train(config, DistributedEnv())
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000003"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000003"]
+
+
+def test_gradient_accumulation_counts_images_and_optimizer_steps(tmp_path, latents):
+    run_dir = tmp_path / "run"
+    config = load_config(
+        REPO_ROOT / "configs/demo/tiny_cpu.yaml",
+        training_overrides(latents, run_dir, max_steps=2, grad_accum=3, validate_every=100),
+    )
+    result = train(config, DistributedEnv())
+    assert (result.step, result.images_seen) == (2, 2 * 3 * 4)
+    assert (
+        json.loads((run_dir / "checkpoints/step_00000002/trainer_state.json").read_text())["batches_served"]
+        == 6
+    )
+
+
+def test_the_same_trainer_runs_under_torchrun_with_two_processes(tmp_path, latents):
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(latents, run_dir, max_steps=2, checkpoint_every=2, validate_every=100)
+    port = f"--master_port={29700 + os.getpid() % 200}"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        port,
+        "-m",
+        "fmboost.train",
+    ]
+    command += ["configs/demo/tiny_cpu.yaml", *overrides]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "finished at step 2" in result.stdout
+    state = json.loads((run_dir / "checkpoints/step_00000002/trainer_state.json").read_text())
+    assert state["images_seen"] == 2 * 2 * 4
