@@ -1,0 +1,216 @@
+"""``FMBoostPipeline``: a base LDM (or given latents/images) → CFM stages → the VAE decoder.
+
+    pipe = FMBoostPipeline.from_pretrained(["runs/cfm_1k/export"], base="path/to/stable-diffusion-v1-5")
+    out = pipe(prompts=["a lighthouse at dusk"], seed=0)          # 512 px base → 1024 px
+    out.images[0].save("lighthouse.png"); print(out.timings)
+
+The base is any diffusers pipeline that returns latents with ``output_type="latent"`` (SD 1.x,
+LCM/LCM-LoRA schedulers, ...). Each stage is an ``FMBoostModel`` with its own solver and NFE; between
+stages the latent goes through the stage's context upsampling (PSU: decode, upsample in pixels,
+encode, tiled once images are large). The first stage (VAE) is the base's, or the one the stages
+were trained with, or one given explicitly.
+"""
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmboost.config import FirstStageConfig
+from fmboost.errors import FMBoostError, WeightsError
+from fmboost.first_stage import build_first_stage
+from fmboost.first_stage.base import FirstStage
+from fmboost.model import FMBoostModel
+
+
+@dataclass
+class PipelineOutput:
+    images: list[Image.Image]
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    nfe: list[int] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def load_base(base: str, device: torch.device, dtype: torch.dtype):
+    """A diffusers pipeline from a local directory or a hub id, with a clear error offline."""
+    from diffusers import DiffusionPipeline
+
+    local = Path(base).expanduser()
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise WeightsError(f"--base: {local} is not a diffusers pipeline directory (no model_index.json)")
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(
+            str(local) if local.exists() else base, torch_dtype=dtype
+        )
+    except OSError as error:
+        raise WeightsError(
+            f"--base: cannot load a diffusers pipeline from {base!r} ({str(error).splitlines()[0]}); without "
+            "network access, download it first and pass its local directory"
+        ) from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
+    """Rebuild the first stage a CFM stage recorded at training time (name and weights path)."""
+    info = stage.first_stage_info or {}
+    if "name" not in info:
+        raise FMBoostError("the stage does not record its first stage; pass one explicitly (--first-stage)")
+    source = info.get("source")
+    return build_first_stage(
+        FirstStageConfig(name=info["name"], path=None if source in (None, "none") else source)
+    )
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    pixels = (
+        ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
+    return [Image.fromarray(array) for array in pixels]
+
+
+def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
+    """An image file as [1, 3, H, W] in [-1, 1], centre-cropped to a multiple of ``size_multiple``."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise FMBoostError(f"--input-image: {path} is not a readable image ({error})") from None
+    width, height = (side - side % size_multiple for side in image.size)
+    if width == 0 or height == 0:
+        raise FMBoostError(f"--input-image: {path} is smaller than {size_multiple} px")
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    array = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1
+
+
+class FMBoostPipeline:
+    """Base generator (optional) → CFM stages → decode; see the module docstring."""
+
+    def __init__(
+        self,
+        first_stage: FirstStage,
+        stages: Sequence[FMBoostModel],
+        base: Any = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+    ) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.dtype = resolve_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
+        if not stages:
+            raise FMBoostError("at least one CFM stage is needed")
+        self.first_stage = first_stage.to(self.device)
+        self.stages = [stage.to(self.device, self.dtype).eval() for stage in stages]
+        self.base = base
+        for index, stage in enumerate(self.stages, 1):
+            if stage.latent_channels != first_stage.latent_channels:
+                raise WeightsError(
+                    f"stage {index} works on {stage.latent_channels}-channel latents, but the first stage "
+                    f"{first_stage.name!r} has {first_stage.latent_channels} channels"
+                )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        stage_dirs: Sequence[str | Path],
+        base: str | None = None,
+        first_stage: FirstStageConfig | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> "FMBoostPipeline":
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        stages = [FMBoostModel.from_pretrained(path) for path in stage_dirs]
+        base_pipeline = load_base(base, torch_device, torch_dtype) if base else None
+        if first_stage is not None:
+            vae = build_first_stage(first_stage)
+        elif base_pipeline is not None and hasattr(base_pipeline, "vae"):
+            from fmboost.first_stage.diffusers_vae import DiffusersVAE
+
+            vae = DiffusersVAE(base_pipeline.vae, source=base)
+        else:
+            vae = first_stage_from_stage(stages[0])
+        return cls(vae, stages, base_pipeline, torch_device, torch_dtype)
+
+    @contextmanager
+    def stopwatch(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        """Wall time of the block in ``timings[name]``, with the GPU synchronised at both ends."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = time.perf_counter() - started
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[str] | None = None,
+        latents: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        seed: int = 0,
+        nfe: Sequence[int | None] | int | None = None,
+        solver: Sequence[str | None] | str | None = None,
+        **base_kwargs: Any,
+    ) -> PipelineOutput:
+        """Generate from ``prompts`` (needs a base), or boost scaled ``latents`` or ``images`` in [-1, 1].
+
+        ``nfe``/``solver`` apply to every stage, or give one value per stage; ``None`` keeps each
+        stage's trained default. ``base_kwargs`` go to the base pipeline (e.g. ``num_inference_steps``).
+        """
+        if sum(x is not None for x in (prompts, latents, images)) != 1:
+            raise FMBoostError("give exactly one of prompts, latents or images")
+        nfes = list(nfe) if isinstance(nfe, Sequence) else [nfe] * len(self.stages)
+        solvers = (
+            list(solver)
+            if isinstance(solver, Sequence) and not isinstance(solver, str)
+            else [solver] * len(self.stages)
+        )
+        if len(nfes) != len(self.stages) or len(solvers) != len(self.stages):
+            raise FMBoostError(f"give one nfe/solver for all stages or one per stage ({len(self.stages)})")
+        timings: dict[str, float] = {}
+        generator = torch.Generator().manual_seed(seed)
+        fs = self.first_stage
+        if prompts is not None:
+            if self.base is None:
+                raise FMBoostError("prompts need a base model (--base); to boost an image use --input-image")
+            base_generator = torch.Generator(self.device).manual_seed(seed)
+            with self.stopwatch(timings, "base"):
+                z = self.base(
+                    prompt=list(prompts), output_type="latent", generator=base_generator, **base_kwargs
+                ).images
+        elif images is not None:
+            with self.stopwatch(timings, "encode"):
+                z = fs.scale_latents(fs.encode(images.to(self.device)).float())
+        else:
+            z = latents.to(self.device)
+        used = []
+        for index, (stage, stage_nfe, stage_solver) in enumerate(
+            zip(self.stages, nfes, solvers, strict=True), 1
+        ):
+            with self.stopwatch(timings, f"stage_{index}"):
+                solution = stage.upsample(z, fs, stage_nfe, stage_solver, generator)
+            z = solution.x1.float()
+            used.append(solution.nfe)
+        with self.stopwatch(timings, "decode"):
+            pixels = fs.decode(fs.unscale_latents(z))
+        return PipelineOutput(to_pil(pixels), z.cpu(), timings, used)
