@@ -53,9 +53,13 @@ def load_base(base: str, device: torch.device, dtype: torch.dtype):
     """A diffusers pipeline from a local directory or a hub id, with a clear error offline."""
     from diffusers import DiffusionPipeline
 
+    from fmboost.first_stage.diffusers_vae import looks_like_hub_id
+
     local = Path(base).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
         raise WeightsError(f"--base: {local} is not a diffusers pipeline directory (no model_index.json)")
+    if not local.exists() and not looks_like_hub_id(base):
+        raise WeightsError(f"--base: {local} does not exist")
     try:
         pipeline = DiffusionPipeline.from_pretrained(
             str(local) if local.exists() else base, torch_dtype=dtype

@@ -1,6 +1,11 @@
 """Shared fixtures. Nothing here (or in any test) may reach a model hub."""
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,3 +61,58 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1]."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean()
     return float(-10 * torch.log10(mse))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1, stopped (with its workers) after the test."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    from mlflow.tracking import MlflowClient
+
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            MlflowClient(uri).search_experiments()
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        stop_server(process)
+        pytest.fail("mlflow server did not start")
+    yield uri, process
+    stop_server(process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """The server forks workers: end its whole process group."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

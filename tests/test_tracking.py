@@ -1,22 +1,11 @@
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from fmboost.tracking import METRICS_FILE, RUN_ID_FILE, Tracker
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port, stop_server
 
 
 def test_default_store_is_sqlite_in_the_run_folder_with_local_artifacts(tmp_path):
@@ -61,52 +50,6 @@ def test_non_main_ranks_log_nothing(tmp_path):
     tracker = Tracker(tmp_path / "run", None, "exp", enabled=False)
     tracker.log_metrics({"x": 1.0}, 0)
     assert not (tmp_path / "run").exists()
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            MlflowClient(uri).search_experiments()
-            break
-        except Exception:
-            time.sleep(0.5)
-    else:
-        stop_server(process)
-        pytest.fail("mlflow server did not start")
-    yield uri, process
-    stop_server(process)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """The server forks workers: end its whole process group."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def test_logging_to_a_real_server_and_surviving_its_death(tmp_path, mlflow_server, caplog):

@@ -137,7 +137,10 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_sd, stage, taef2_dir, capsys
     pixel_stage = save_tiny_stage(tmp_path / "pixel", latent_channels=3)
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
-    assert main(["--stage", str(pixel_stage), "--first-stage", "identity", "--input-image", str(not_an_image)]) == 2
+    assert (
+        main(["--stage", str(pixel_stage), "--first-stage", "identity", "--input-image", str(not_an_image)])
+        == 2
+    )
     assert "notes.png is not a readable image" in capsys.readouterr().err
     assert main(["--stage", str(stage), "--prompt", "a fox"]) == 2
     assert "--prompt/--prompts-file need --base" in capsys.readouterr().err

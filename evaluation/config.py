@@ -1,0 +1,80 @@
+"""Configuration of ``evaluation/run_benchmarks.py`` (``configs/eval/*.yaml``)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmboost.config import LoggingConfig, merge_layers, read_layers
+from fmboost.errors import ConfigError
+from fmboost.sampling import SOLVERS
+
+BENCHMARKS = ("upsampling", "zero_shot")
+METRICS = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip")
+FEATURE_METRICS = ("fid", "pfid_fmboost", "pfid_anyres")
+BASELINES = ("bilinear", "context")
+
+
+@dataclass
+class EvalRunConfig:
+    """What to evaluate, on which data, with which metrics, and where to report.
+
+    ``models`` are FMBoost model directories (``from_pretrained``); for ``zero_shot`` they are the CFM
+    stages, applied in order after ``base``. ``baselines`` need no model: ``bilinear`` resizes the
+    low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise.
+    """
+
+    benchmark: str = "upsampling"
+    models: list[str] = field(default_factory=lambda: ["runs/demo/export"])
+    baselines: list[str] = field(default_factory=lambda: ["bilinear"])
+    data: str = "data/latents/sample/shards/000004.tar"
+    num_images: int = 64
+    batch_size: int = 8
+    solvers: list[str] = field(default_factory=lambda: ["euler"])
+    nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10, 20, 40, 50])
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres"])
+    require_feature_metrics: bool = False
+    inception_path: str = "~/.cache/clean-fid/inception-2015-12-05.pt"
+    clip_model: str = "openai/clip-vit-large-patch14"
+    pfid_crop: int = 512
+    pfid_crops_per_image: int = 4
+    anyres_crop: int = 299
+    base: str | None = None
+    base_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results/eval"
+    task_index: int | None = None
+    num_tasks: int | None = None
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-eval"))
+
+
+def validate_eval_config(config: EvalRunConfig) -> None:
+    def choices(values: list[str], allowed: tuple[str, ...], key: str) -> None:
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+
+    choices([config.benchmark], BENCHMARKS, "benchmark")
+    choices(config.metrics, METRICS, "metrics")
+    choices(config.solvers, SOLVERS, "solvers")
+    choices(config.baselines, BASELINES, "baselines")
+    if config.benchmark == "zero_shot" and not config.base:
+        raise ConfigError(
+            "base: the zero_shot benchmark needs a base LDM (a diffusers pipeline directory or hub id)"
+        )
+    if config.benchmark == "zero_shot" and config.baselines:
+        raise ConfigError(
+            "baselines: only the upsampling benchmark has model-free baselines; set baselines=[]"
+        )
+    if not config.models and not config.baselines:
+        raise ConfigError("models: nothing to evaluate (no models and no baselines)")
+    if any(n < 1 for n in config.nfe) or config.num_images < 1 or config.batch_size < 1:
+        raise ConfigError("nfe, num_images and batch_size must be positive")
+    if (config.task_index is None) != (config.num_tasks is None):
+        raise ConfigError("task_index and num_tasks: set both or neither")
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EvalRunConfig:
+    config = merge_layers(EvalRunConfig, read_layers(path, overrides))
+    validate_eval_config(config)
+    return config

@@ -1,0 +1,218 @@
+"""run_benchmarks.py end to end on tiny models and sample shards, with a small stand-in feature extractor."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from evaluation.config import load_eval_config
+from evaluation.run_benchmarks import main, run
+from fmboost.errors import ConfigError, WeightsError
+from tests.pipeline.tiny_models import save_tiny_stable_diffusion, save_tiny_stage
+from tests.training.helpers import build_latents
+
+pytestmark = pytest.mark.slow
+
+
+def pixel_features(images: torch.Tensor) -> np.ndarray:
+    """A stand-in feature extractor for tests: 4×4 average-pooled pixels (48-d)."""
+    return torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    latents = build_latents(root)
+    stage = save_tiny_stage(
+        root / "model", latent_channels=3, first_stage_info={"name": "identity", "source": "none"}
+    )
+    return latents, stage
+
+
+def overrides(latents, stage, results, *extra):
+    return [
+        f"models=[{stage}]",
+        f"data={latents}/shards/{{000003..000004}}.tar",
+        "num_images=16",
+        "batch_size=4",
+        "pfid_crop=16",
+        "pfid_crops_per_image=2",
+        "anyres_crop=16",
+        f"results_dir={results}",
+        *extra,
+    ]
+
+
+def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setup):
+    latents, stage = setup
+    config = load_eval_config(
+        None,
+        overrides(
+            latents,
+            stage,
+            tmp_path / "results",
+            "nfe=[1,2,4]",
+            "solvers=[euler,midpoint,dopri5]",
+            "baselines=[bilinear,context]",
+        ),
+    )
+    result = run(config, extractor=pixel_features)
+    rows = {(row["model"], row["solver"], row["nfe"]): row for row in result["rows"]}
+    assert set(rows) == {
+        ("bilinear", "-", 0),
+        ("context", "-", 0),
+        ("model", "euler", 1),
+        ("model", "euler", 2),
+        ("model", "euler", 4),
+        ("model", "midpoint", 2),
+        ("model", "midpoint", 4),
+        ("model", "dopri5", 0),
+    }
+    for row in rows.values():
+        assert row["images"] == 16
+        assert {"psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "seconds_per_image"} <= set(row)
+    assert rows[("model", "midpoint", 4)]["nfe_used"] == 4 and rows[("model", "dopri5", 0)]["nfe_used"] > 6
+
+    results = tmp_path / "results"
+    saved = json.loads((results / "results.json").read_text())
+    assert len(saved["results"]) == 8 and saved["settings"]["nfe"] == [1, 2, 4]
+    assert (results / "results.md").read_text().startswith("| model | solver | NFE |")
+    assert {p.name for p in (results / "plots").iterdir()} >= {
+        "psnr_vs_nfe.png",
+        "fid_vs_nfe.png",
+        "seconds_per_image_vs_nfe.png",
+    }
+    assert (results / "samples_grid.png").is_file()
+    client = MlflowClient(result["tracking_uri"])
+    run_data = client.get_run(result["mlflow_run_id"]).data
+    assert {
+        "model/euler/psnr",
+        "model/euler/fid",
+        "bilinear/-/psnr",
+        "model/dopri5/seconds_per_image",
+    } <= set(run_data.metrics)
+    assert [m.step for m in client.get_metric_history(result["mlflow_run_id"], "model/euler/psnr")] == [
+        1,
+        2,
+        4,
+    ]
+    assert run_data.params["benchmark"] == "upsampling"
+
+
+def test_two_shards_merged_give_the_single_task_numbers(tmp_path, setup):
+    latents, stage = setup
+    single = run(
+        load_eval_config(None, overrides(latents, stage, tmp_path / "single", "nfe=[2]")), pixel_features
+    )
+    first = run(
+        load_eval_config(
+            None, overrides(latents, stage, tmp_path / "split", "nfe=[2]", "task_index=0", "num_tasks=2")
+        ),
+        pixel_features,
+    )
+    second = run(
+        load_eval_config(
+            None, overrides(latents, stage, tmp_path / "split", "nfe=[2]", "task_index=1", "num_tasks=2")
+        ),
+        pixel_features,
+    )
+    assert first is None, "the first task leaves the merge to the last one"
+    for merged_row, single_row in zip(second["rows"], single["rows"], strict=True):
+        for metric in ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres"):
+            assert merged_row[metric] == pytest.approx(single_row[metric], rel=1e-4, abs=1e-6), metric
+
+
+def test_results_go_to_a_real_mlflow_server(tmp_path, setup, mlflow_server):
+    latents, stage = setup
+    uri, _ = mlflow_server
+    config = load_eval_config(
+        None,
+        overrides(
+            latents, stage, tmp_path / "r", "nfe=[1]", "metrics=[psnr,ssim]", f"logging.tracking_uri={uri}"
+        ),
+    )
+    result = run(config)
+    metrics = MlflowClient(uri).get_run(result["mlflow_run_id"]).data.metrics
+    assert {"model/euler/psnr", "model/euler/ssim", "bilinear/-/psnr"} <= set(metrics)
+
+
+def test_without_inception_the_default_run_skips_feature_metrics_with_one_warning(tmp_path, setup, caplog):
+    latents, stage = setup
+    caplog.set_level(logging.WARNING)
+    config = load_eval_config(
+        None,
+        overrides(
+            latents,
+            stage,
+            tmp_path / "r",
+            "nfe=[1]",
+            f"inception_path={tmp_path}/missing/inception-2015-12-05.pt",
+        ),
+    )
+    result = run(config)
+    warnings = [r.getMessage() for r in caplog.records if "inception-2015-12-05.pt" in r.getMessage()]
+    assert len(warnings) == 1 and "skipping FID, p-FID and CLIP" in warnings[0] and "nvlabs" in warnings[0]
+    assert all("fid" not in row and "psnr" in row for row in result["rows"])
+
+
+def test_configs_that_require_feature_metrics_fail_before_any_generation(tmp_path, setup, capsys):
+    latents, stage = setup
+    args = overrides(
+        latents,
+        stage,
+        tmp_path / "r",
+        "require_feature_metrics=true",
+        f"inception_path={tmp_path}/inception-2015-12-05.pt",
+    )
+    assert main(args) == 2
+    assert f"not found at {tmp_path}/inception-2015-12-05.pt" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "parts").exists()
+    with pytest.raises(WeightsError, match="cannot load CLIP"):
+        run(
+            load_eval_config(
+                None,
+                overrides(
+                    latents,
+                    stage,
+                    tmp_path / "r",
+                    "metrics=[clip]",
+                    "require_feature_metrics=true",
+                    f"clip_model={tmp_path}/no-clip",
+                ),
+            )
+        )
+
+
+def test_zero_shot_generates_from_captions_and_needs_a_base(tmp_path, setup):
+    latents, _ = setup
+    with pytest.raises(ConfigError, match="needs a base LDM"):
+        load_eval_config("configs/eval/laion5k_zero_shot.yaml", ["base=null"])
+    base = save_tiny_stable_diffusion(tmp_path / "sd")
+    stage = save_tiny_stage(tmp_path / "stage")
+    config = load_eval_config(
+        "configs/eval/laion5k_zero_shot.yaml",
+        [
+            f"models=[{stage}]",
+            f"base={base}",
+            f"data={latents}/shards/000004.tar",
+            "num_images=4",
+            "batch_size=2",
+            "base_steps=2",
+            "nfe=[2]",
+            "metrics=[fid,pfid_fmboost]",
+            "pfid_crop=16",
+            f"results_dir={tmp_path}/zs",
+        ],
+    )
+    result = run(config, extractor=pixel_features)
+    (row,) = result["rows"]
+    assert row["model"] == "cascade" and row["images"] == 4 and "fid" in row and "pfid_fmboost" in row
+    missing_base = load_eval_config(
+        "configs/eval/laion5k_zero_shot.yaml",
+        [f"models=[{stage}]", f"base={tmp_path}/no-sd", f"data={latents}/shards/000004.tar", "metrics=[fid]"],
+    )
+    with pytest.raises(WeightsError, match="no-sd"):
+        run(missing_base, extractor=pixel_features)
