@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format clean sample-data encode-shards
+.PHONY: install test lint format clean sample-data encode-shards demo
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ CONFIG ?= configs/encode/sample.yaml
 encode-shards: install
 	@if [ "$(CONFIG)" = "configs/encode/sample.yaml" ] && [ -z "$(INPUT)" ]; then $(MAKE) --no-print-directory sample-data; fi
 	$(BIN)/python -m data_pipeline.encode_shards $(CONFIG) $(if $(INPUT),'input=$(INPUT)') $(if $(OUTPUT),'output=$(OUTPUT)') $(ARGS)
+
+# The whole system on this machine in under 10 minutes: data, encoding, 2-task DeepSpeed training,
+# evaluation. Reruns skip finished stages; FRESH=1 starts over; FIRST_STAGE=taesd WEIGHTS=DIR uses TAEF2.
+demo: install
+	FRESH=$(FRESH) FIRST_STAGE=$(FIRST_STAGE) WEIGHTS=$(WEIGHTS) bash scripts/demo.sh
 
 lint: install
 	$(BIN)/ruff check .

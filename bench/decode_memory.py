@@ -9,12 +9,12 @@ need (256²)² attention scores: tens of GB.)
 """
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
 
 import torch
+from bench_output import report
 
 from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
 
@@ -64,9 +64,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "target_peak_gb": 6.0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

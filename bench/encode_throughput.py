@@ -8,12 +8,12 @@ encoding, PSU, ``.npy``/JPEG serialisation, tar writing) on the sample dataset. 
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_output import report
 
 from data_pipeline.config import EncodeConfig
 from data_pipeline.encode_shards import run
@@ -77,9 +77,7 @@ def main() -> None:
         "ratio": round(pipeline_rate / model_rate, 3),
         "target_ratio": 0.9,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ given latents. *Bare*: the same calls made directly: PSU (decode, bilinear resiz
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from bench_output import report
 
 from fmboost.config import FlowConfig
 from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
@@ -85,9 +85,7 @@ def main() -> None:
         "ratio": round(min(pipeline_times) / min(bare_times), 4),
         "target_ratio": 1.05,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_output import report
 
 from data_pipeline.config import load_encode_config
 from data_pipeline.encode_shards import run as encode
@@ -101,9 +102,7 @@ def main() -> None:
         "overhead": round(1 - full_rate / bare, 4),
         "target_overhead": 0.05,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":
