@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of both loops")
     parser.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader workers of the full loop (0: in-process)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench/results/train_throughput.json"), help="JSON output"
     )
     args = parser.parse_args()
@@ -83,6 +86,7 @@ def main() -> None:
                 f"train.checkpoint_every={total * 10}",
                 f"train.validate_every={total * 10}",
                 "train.grad_clip=1.0",
+                f"data.num_workers={args.num_workers}",
             ],
         )
         train(config, DistributedEnv())

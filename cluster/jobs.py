@@ -1,4 +1,4 @@
-"""The functions submitit runs on each task: training (checkpointable) and encoding (array tasks).
+"""The functions submitit runs on each task: training (checkpointable), encoding and evaluation (arrays).
 
 Each task turns submitit's ``JobEnvironment`` into the standard distributed variables and runs the
 same code a user runs by hand (:func:`fmboost.training.trainer.train`,
@@ -106,3 +106,22 @@ class EncodeJob:
         summary = run(load_encode_config(self.config_path, [*self.overrides, *split]))
         return {"task_index": task_index, "shards_done": summary.shards_done, "written": summary.written,
                 "rejected": summary.rejected}  # fmt: skip
+
+
+class EvaluationJob:
+    """One task of a sharded evaluation; the last task to finish merges the parts and reports."""
+
+    def __init__(self, config_path: str | None, overrides: list[str]) -> None:
+        self.config_path, self.overrides = config_path, list(overrides)
+
+    def __call__(self, task_index: int, num_tasks: int) -> dict[str, Any]:
+        from evaluation.config import load_eval_config
+        from evaluation.run_benchmarks import run
+
+        logging.basicConfig(
+            level=logging.INFO, format=f"%(asctime)s [task {task_index}] %(levelname)s %(message)s"
+        )
+        split = [f"task_index={task_index}", f"num_tasks={num_tasks}"]
+        result = run(load_eval_config(self.config_path, [*self.overrides, *split]))
+        return {"task_index": task_index, "merged": result is not None,
+                "results_dir": str(result["results_dir"]) if result else None}  # fmt: skip

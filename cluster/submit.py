@@ -7,7 +7,8 @@
 A training config starts one task per GPU on every node; each task sets up the distributed
 environment from submitit's JobEnvironment and runs the trainer. Jobs checkpoint and requeue
 themselves on Slurm's time-limit/pre-emption signal. An encode config (top-level ``input``/``output``)
-with ``--array N`` runs N array tasks, each encoding its share of the input shards.
+or an evaluation config (top-level ``benchmark``) with ``--array N`` runs N array tasks, each doing
+its share; the last evaluation task merges the results.
 """
 
 import argparse
@@ -23,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python cluster/submit.py` runs without the package on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from cluster.jobs import EncodeJob, TrainingJob  # noqa: E402
+from cluster.jobs import EncodeJob, EvaluationJob, TrainingJob  # noqa: E402
 from fmboost.config import load_config, to_yaml  # noqa: E402
 from fmboost.errors import ConfigError, FMBoostError  # noqa: E402
 from fmboost.tracking import default_tracking_uri  # noqa: E402
@@ -60,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="CPUs per task (default: cluster.cpus_per_task; encoding: num_workers + 2)",
     )
-    parser.add_argument("--array", type=int, metavar="N", help="run an encode config as N array tasks")
+    parser.add_argument(
+        "--array", type=int, metavar="N", help="run an encode or eval config as N array tasks"
+    )
     parser.add_argument(
         "--job-dir",
         type=Path,
@@ -94,12 +97,17 @@ def choose_backend(requested: str) -> str:
     return requested
 
 
-def is_encode_config(path: str) -> bool:
+def config_kind(path: str) -> str:
+    """``encode`` (top-level input/output), ``evaluation`` (top-level benchmark) or ``training``."""
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return False  # load_config reports the problem with its own message
-    return isinstance(loaded, dict) and "input" in loaded and "output" in loaded
+        return "training"  # load_config reports the problem with its own message
+    if isinstance(loaded, dict) and "input" in loaded and "output" in loaded:
+        return "encode"
+    if isinstance(loaded, dict) and "benchmark" in loaded:
+        return "evaluation"
+    return "training"
 
 
 def job_parameters(args: argparse.Namespace, cluster, backend: str) -> dict:
@@ -145,27 +153,42 @@ def submit_training(args: argparse.Namespace) -> int:
     return 0
 
 
-def submit_encoding(args: argparse.Namespace) -> int:
+def submit_array(args: argparse.Namespace, kind: str) -> int:
+    """Encoding or evaluation as ``--array N`` tasks, each with its ``task_index``/``num_tasks``."""
     from data_pipeline.config import load_encode_config
+    from evaluation.config import load_eval_config
     from fmboost.config import ClusterConfig
 
-    config = load_encode_config(args.config, args.overrides)
     tasks = args.array or 1
+    if kind == "encode":
+        config = load_encode_config(args.config, args.overrides)
+        job_fn, job_dir, cpus = (
+            EncodeJob(str(Path(args.config).resolve()), args.overrides),
+            config.output,
+            config.num_workers + 2,
+        )
+    else:
+        config = load_eval_config(args.config, args.overrides)
+        job_fn, job_dir, cpus = (
+            EvaluationJob(str(Path(args.config).resolve()), args.overrides),
+            config.results_dir,
+            4,
+        )
     cluster = ClusterConfig(
-        nodes=1, gpus_per_node=1, request_gpus=False, time_minutes=1440, cpus_per_task=config.num_workers + 2
+        nodes=1, gpus_per_node=1, request_gpus=False, time_minutes=1440, cpus_per_task=cpus
     )
     backend = choose_backend(args.cluster or "auto")
-    parameters = job_parameters(args, cluster, backend) | {"name": "fmboost-encode"}
+    parameters = job_parameters(args, cluster, backend) | {"name": f"fmboost-{kind}"}
     if backend == "slurm":
         parameters["slurm_array_parallelism"] = tasks
     if args.dry_run:
         print(to_yaml(config))
         print(f"{backend} array of {tasks} tasks, parameters: {parameters}")
         return 0
-    job_dir = args.job_dir or Path(config.output).resolve() / "submitit"
-    executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
+    executor = submitit.AutoExecutor(
+        folder=(args.job_dir or Path(job_dir).resolve() / "submitit") / "%j", cluster=backend
+    )
     executor.update_parameters(**parameters)
-    job_fn = EncodeJob(str(Path(args.config).resolve()), args.overrides)
     jobs = executor.map_array(job_fn, list(range(tasks)), [tasks] * tasks)
     print(f"job ids: {', '.join(job.job_id for job in jobs)}")
     print(f"logs: {jobs[0].paths.folder.parent}")
@@ -179,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     try:
-        if args.array is not None or is_encode_config(args.config):
-            code = submit_encoding(args)
-        else:
-            code = submit_training(args)
+        kind = config_kind(args.config)
+        if args.array is not None and kind == "training":
+            raise ConfigError(
+                "--array runs encode or evaluation configs; training uses --nodes/--gpus-per-node"
+            )
+        code = submit_training(args) if kind == "training" else submit_array(args, kind)
     except FMBoostError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -108,7 +108,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     for skipped in sorted(evaluator.skipped_crops):
         logger.warning("skipping %s: the images are smaller than the crop", skipped)
 
-    parts = results_dir / "parts"
+    parts = results_dir / "parts" / runner.settings_digest(config)
     evaluator.part.save(parts, task)
     if task == 0:
         runner.save_grid(grid, results_dir / "samples_grid.png")

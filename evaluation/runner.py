@@ -5,6 +5,8 @@ shards and writes a *part*: per-entry sums (count, PSNR, SSIM, CLIP, seconds, NF
 feature statistics. Merging the parts gives exactly the numbers of a single-process run.
 """
 
+import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -58,9 +60,17 @@ class Sums:
     clip: float = 0.0
     seconds: float = 0.0
     nfe_used: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: "Sums") -> "Sums":
-        return Sums(**{name: getattr(self, name) + getattr(other, name) for name in asdict(self)})
+        merged = {
+            name: getattr(self, name) + getattr(other, name)
+            for name in asdict(self)
+            if name != "stage_seconds"
+        }
+        stages = {k: self.stage_seconds.get(k, 0.0) + other.stage_seconds.get(k, 0.0)
+                  for k in {*self.stage_seconds, *other.stage_seconds}}  # fmt: skip
+        return Sums(**merged, stage_seconds=stages)
 
 
 @dataclass
@@ -187,13 +197,21 @@ class Evaluator:
                 self.skipped_crops.add(f"pfid_anyres ({crop_size}² crops)")
 
     def record(
-        self, entry: Entry, generated: torch.Tensor, real: torch.Tensor, seconds: float, nfe_used: int,
-        seed: int, captions: list[str] | None = None,
-    ) -> None:  # fmt: skip
-        """Add one batch of generated images (uint8) against the real ones."""
+        self,
+        entry: Entry,
+        generated: torch.Tensor,
+        real: torch.Tensor,
+        timings: dict[str, float],
+        nfe_used: int,
+        seed: int,
+        captions: list[str] | None = None,
+    ) -> None:
+        """Add one batch of generated images (uint8) against the real ones; ``timings`` in s per stage."""
         sums = self.part.sums.setdefault(entry.key, Sums())
         sums.count += len(generated)
-        sums.seconds += seconds
+        sums.seconds += sum(timings.values())
+        for stage, seconds in timings.items():
+            sums.stage_seconds[stage] = sums.stage_seconds.get(stage, 0.0) + seconds
         sums.nfe_used += nfe_used * len(generated)
         if self.config.benchmark == "upsampling":
             as_float = generated.float() / 127.5 - 1, real.float() / 127.5 - 1
@@ -225,11 +243,13 @@ class Evaluator:
             seen += take
             real = batch["images"] if "images" in batch else to_uint8(self.decode(batch["x1"]))
             for entry in entries:
-                started = time.perf_counter()
                 seed = batch_seed(self.config.seed, batch["keys"])
+                started = time.perf_counter()
                 latents, nfe_used = self.generate(entry, models, batch, seed)
+                sampled = time.perf_counter()
                 generated = to_uint8(self.decode(latents))
-                self.record(entry, generated, real, time.perf_counter() - started, nfe_used, seed)
+                timings = {"sample": sampled - started, "decode": time.perf_counter() - sampled}
+                self.record(entry, generated, real, timings, nfe_used, seed)
                 progress.update(take)
                 if batch_index == 0:
                     label = (
@@ -261,14 +281,32 @@ class Evaluator:
         return solution.x1, solution.nfe
 
 
+def settings_digest(config: EvalRunConfig) -> str:
+    """Parts of one evaluation live under a digest of its settings, so stale parts are never mixed in."""
+    settings = {key: value for key, value in asdict(config).items() if key != "task_index"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def merge_parts(directory: Path, num_tasks: int) -> Part | None:
-    """The merged part once every task has written its own, else ``None``."""
-    if not all((directory / f"task_{task:04d}.json").is_file() for task in range(num_tasks)):
-        return None
-    merged = Part()
-    for task in range(num_tasks):
-        merged = merged.merge(Part.load(directory, task))
-    return merged
+    """The merged part once every task has written its own, else ``None``.
+
+    Tasks finishing together may both see every part; a lock and a marker naming the merged part
+    files (with their modification times) make exactly one of them report.
+    """
+    files = [directory / f"task_{task:04d}.json" for task in range(num_tasks)]
+    with open(directory / ".merge.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all(path.is_file() for path in files):
+            return None
+        signature = json.dumps([[path.name, path.stat().st_mtime_ns] for path in files])
+        marker = directory / "merged.json"
+        if marker.is_file() and marker.read_text() == signature:
+            return None
+        merged = Part()
+        for task in range(num_tasks):
+            merged = merged.merge(Part.load(directory, task))
+        marker.write_text(signature)
+        return merged
 
 
 def result_rows(part: Part, entries: list[Entry], config: EvalRunConfig) -> list[dict[str, Any]]:
@@ -281,6 +319,8 @@ def result_rows(part: Part, entries: list[Entry], config: EvalRunConfig) -> list
         row: dict[str, Any] = {"model": entry.model, "solver": entry.solver, "nfe": entry.nfe,
                                "nfe_used": sums.nfe_used / sums.count, "images": sums.count,
                                "seconds_per_image": sums.seconds / sums.count}  # fmt: skip
+        for stage, seconds in sorted(sums.stage_seconds.items()):
+            row[f"seconds_per_image_{stage}"] = seconds / sums.count
         if config.benchmark == "upsampling":
             row["psnr"], row["ssim"] = sums.psnr / sums.count, sums.ssim / sums.count
         if "clip" in config.metrics and sums.clip:
@@ -367,9 +407,7 @@ def run_zero_shot(evaluator: Evaluator, entries: list[Entry], pipeline, loader) 
                 [torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in output.images]
             )
             real = reference_like(batch["images"][:take], generated)
-            evaluator.record(
-                entry, generated, real, sum(output.timings.values()), sum(output.nfe), seed, captions
-            )
+            evaluator.record(entry, generated, real, output.timings, sum(output.nfe), seed, captions)
             progress.update(take)
             if batch_index == 0:
                 grid[f"{entry.solver} {entry.nfe}"] = generated

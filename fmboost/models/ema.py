@@ -11,6 +11,7 @@ random initialisation (with p = 3/4, 0.999 is reached after about 10k updates). 
 """
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -38,15 +39,32 @@ class EMA(nn.Module):
     def current_decay(self) -> float:
         return ema_decay(int(self.num_updates), self.beta, self.power, self.update_after_step)
 
+    def _pairs(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(shadow, online) tensors by kind, matched by name once per online model and then reused."""
+        paired = getattr(self, "_paired_with", None)
+        if paired is None or paired() is not model:
+            online = model.state_dict(keep_vars=False)
+            floats, float_sources, others, other_sources = [], [], [], []
+            for name, shadow_tensor in self.shadow.state_dict(keep_vars=False).items():
+                if shadow_tensor.is_floating_point():
+                    floats.append(shadow_tensor)
+                    float_sources.append(online[name])
+                else:
+                    others.append(shadow_tensor)
+                    other_sources.append(online[name])
+            self._cached_pairs = (floats, float_sources, others, other_sources)
+            self._paired_with = weakref.ref(
+                model
+            )  # a plain attribute would register the model as a submodule
+        return self._cached_pairs
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """``shadow = decay · shadow + (1 − decay) · model`` for floating tensors; copies the rest."""
         decay = self.current_decay()
-        online = dict(model.state_dict(keep_vars=False))
-        for name, shadow_tensor in self.shadow.state_dict(keep_vars=False).items():
-            source = online[name].to(shadow_tensor.device)
-            if shadow_tensor.is_floating_point():
-                shadow_tensor.lerp_(source.to(shadow_tensor.dtype), 1.0 - decay)
-            else:
-                shadow_tensor.copy_(source)
+        floats, float_sources, others, other_sources = self._pairs(model)
+        sources = [t.to(device=s.device, dtype=s.dtype) for s, t in zip(floats, float_sources, strict=True)]
+        torch._foreach_lerp_(floats, sources, 1.0 - decay)
+        for shadow_tensor, source in zip(others, other_sources, strict=True):
+            shadow_tensor.copy_(source)
         self.num_updates += 1

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,37 @@ def test_local_cluster_runs_two_deepspeed_tasks_with_zero(tmp_path, zero_stage):
         "rng_rank1.safetensors",
     ]
     assert (latest / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_an_evaluation_config_runs_as_local_array_tasks_and_the_last_one_merges(tmp_path):
+    from tests.pipeline.tiny_models import save_tiny_stage
+
+    latents = build_latents(tmp_path)
+    stage = save_tiny_stage(
+        tmp_path / "model", latent_channels=3, first_stage_info={"name": "identity", "source": "none"}
+    )
+    command = [
+        sys.executable,
+        "cluster/submit.py",
+        "--cluster",
+        "local",
+        "--array",
+        "2",
+        "--wait",
+        "configs/eval/upsampling.yaml",
+        f"models=[{stage}]",
+        f"data={latents}/shards/{{000003..000004}}.tar",
+        "require_feature_metrics=false",
+        "metrics=[psnr,ssim]",
+        "num_images=16",
+        "batch_size=4",
+        "nfe=[2]",
+        f"results_dir={tmp_path}/results",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("'merged': True") == 1
+    rows = json.loads((tmp_path / "results" / "results.json").read_text())["results"]
+    assert {row["model"] for row in rows} == {"bilinear", "context", "model"}
+    assert all(row["images"] == 16 for row in rows)

@@ -74,6 +74,9 @@ def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setu
     for row in rows.values():
         assert row["images"] == 16
         assert {"psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "seconds_per_image"} <= set(row)
+        assert row["seconds_per_image"] == pytest.approx(
+            row["seconds_per_image_sample"] + row["seconds_per_image_decode"]
+        )
     assert rows[("model", "midpoint", 4)]["nfe_used"] == 4 and rows[("model", "dopri5", 0)]["nfe_used"] > 6
 
     results = tmp_path / "results"
@@ -210,6 +213,7 @@ def test_zero_shot_generates_from_captions_and_needs_a_base(tmp_path, setup):
     result = run(config, extractor=pixel_features)
     (row,) = result["rows"]
     assert row["model"] == "cascade" and row["images"] == 4 and "fid" in row and "pfid_fmboost" in row
+    assert {"seconds_per_image_base", "seconds_per_image_stage_1", "seconds_per_image_decode"} <= set(row)
     missing_base = load_eval_config(
         "configs/eval/laion5k_zero_shot.yaml",
         [f"models=[{stage}]", f"base={tmp_path}/no-sd", f"data={latents}/shards/000004.tar", "metrics=[fid]"],
