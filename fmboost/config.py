@@ -88,7 +88,6 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3
     resume: str = "auto"
-    validation_samples: int = 8
 
 
 @dataclass
@@ -115,12 +114,14 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation defaults; ``evaluation/run_benchmarks.py`` configs extend these."""
+    """Periodic validation during training: solver, NFE and how many validation images.
 
-    solvers: list[str] = field(default_factory=lambda: ["euler"])
-    nfe: list[int] = field(default_factory=lambda: [40])
-    num_images: int = 5000
-    batch_size: int = 8
+    The standalone benchmarks (``evaluation/run_benchmarks.py``) have configs of their own.
+    """
+
+    solver: str = "euler"
+    nfe: int = 40
+    num_images: int = 8
 
 
 @dataclass
@@ -234,6 +235,14 @@ def validate(config: FMBoostConfig) -> None:
         "flow.nfe",
         f"{flow.nfe} evaluations do not fit the {flow.solver} solver",
     )
+    evaluation = config.eval
+    _require(evaluation.solver in SOLVERS, "eval.solver", f"unknown solver {evaluation.solver!r}")
+    _require(
+        is_valid_nfe(evaluation.solver, evaluation.nfe),
+        "eval.nfe",
+        f"{evaluation.nfe} evaluations do not fit the {evaluation.solver} solver",
+    )
+    _require(evaluation.num_images > 0, "eval.num_images", "must be positive")
     _require(0 <= flow.noise_aug_step < NUM_STEPS, "flow.noise_aug_step", f"must lie in [0, {NUM_STEPS - 1}]")
     _require(flow.scale_factor >= 1, "flow.scale_factor", "must be at least 1")
     expected_in = objective.input_channels(model.out_channels)

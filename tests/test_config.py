@@ -120,3 +120,10 @@ def test_override_values_that_are_not_yaml_are_kept_verbatim():
 
     config = load_encode_config(None, ["input=/data/laion/{00000..00127}.tar", "first_stage.name=identity"])
     assert config.input == "/data/laion/{00000..00127}.tar"
+
+
+def test_periodic_validation_settings_are_checked_like_the_sampler():
+    config = load_config(CONFIGS / "demo/tiny_cpu.yaml")
+    assert (config.eval.solver, config.eval.nfe, config.eval.num_images) == ("euler", 8, 8)
+    with pytest.raises(ConfigError, match="eval.nfe: 6 evaluations do not fit the rk4 solver"):
+        load_config(None, ["eval.solver=rk4", "eval.nfe=6"])

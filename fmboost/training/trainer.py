@@ -136,8 +136,7 @@ def train(
         )
         stream = ValidationStream(validation_set, validation_transform, config.data.batch_size)
         first_stage = build_first_stage(config.first_stage).to(device)
-        validator = Validator(make_loader(stream, 0), first_stage, config.train.validation_samples, device,
-                              config.train.seed)  # fmt: skip
+        validator = Validator(make_loader(stream, 0), first_stage, config.eval, device, config.train.seed)
 
     stream = TrainStream(
         train_set, transform, config.data.batch_size, env.rank, env.world_size, config.train.seed,

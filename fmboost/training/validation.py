@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from fmboost.config import EvalConfig
 from fmboost.first_stage.base import FirstStage
 from fmboost.metrics import psnr, ssim
 from fmboost.model import FMBoostModel
@@ -19,8 +20,9 @@ from fmboost.model import FMBoostModel
 
 class Validator:
     def __init__(
-        self, loader, first_stage: FirstStage, samples: int, device: torch.device, seed: int = 0
+        self, loader, first_stage: FirstStage, settings: EvalConfig, device: torch.device, seed: int = 0
     ) -> None:
+        samples = settings.num_images
         batches, count = [], 0
         for batch in loader:
             batches.append(batch)
@@ -33,7 +35,7 @@ class Validator:
             name: torch.cat([b[name] for b in batches])[:samples]
             for name in ("x1", "z_up", "z_low", *(["images"] if "images" in batches[0] else []))
         }
-        self.first_stage, self.device, self.seed = first_stage, device, seed
+        self.first_stage, self.settings, self.device, self.seed = first_stage, settings, device, seed
 
     def to_pixels(self, scaled_latents: torch.Tensor) -> torch.Tensor:
         fs = self.first_stage
@@ -54,7 +56,8 @@ class Validator:
         x1 = self.batch["x1"].to(self.device, dtype)
         z_up = self.batch["z_up"].to(self.device, dtype)
         loss = model(x1, z_up, torch.Generator().manual_seed(self.seed)).item()
-        sample = model.sample(z_up, torch.Generator().manual_seed(self.seed)).x1
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = model.sample(z_up, generator, self.settings.solver, self.settings.nfe).x1
         predicted, truth = self.to_pixels(sample), self.ground_truth()
         context = self.to_pixels(self.batch["z_up"])
         low = self.to_pixels(self.batch["z_low"])

@@ -34,7 +34,6 @@ def training_overrides(latents: Path, run_dir: Path, **train) -> list[str]:
         "lr": 1e-3,
         "warmup_steps": 2,
         "precision": "fp32",
-        "validation_samples": 4,
         "run_dir": str(run_dir),
     }
     settings.update(train)
@@ -43,6 +42,8 @@ def training_overrides(latents: Path, run_dir: Path, **train) -> list[str]:
         f"data.train={latents}/shards/{{000000..000003}}.tar",
         f"data.validation={latents}/shards/000004.tar",
         "data.batch_size=4",
+        "eval.num_images=4",
+        "eval.nfe=2",
         "data.num_workers=0",
         "data.shuffle_buffer=8",
         "deepspeed.zero_optimization.stage=1",
