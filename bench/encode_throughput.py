@@ -17,9 +17,10 @@ from bench_output import report
 
 from data_pipeline.config import EncodeConfig
 from data_pipeline.encode_shards import run
-from data_pipeline.latent_encoder import LatentEncoder, pick_device
+from data_pipeline.latent_encoder import LatentEncoder
 from data_pipeline.sample_data import build_sample_dataset
 from fmboost.config import FirstStageConfig
+from fmboost.devices import resolve_device
 from fmboost.first_stage import build_first_stage
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         pipeline_rate = summary.written / summary.seconds
 
     first_stage = build_first_stage(first_stage_config)
-    encoder = LatentEncoder(first_stage, args.high_res // 2, "psu_roundtrip", pick_device("auto"), "auto")
+    encoder = LatentEncoder(first_stage, args.high_res // 2, "psu_roundtrip", resolve_device("auto"), "auto")
     crops = torch.randint(0, 256, (args.batch_size, 3, args.high_res, args.high_res), dtype=torch.uint8)
     encoder.encode(crops)  # warm-up
     batches = -(-summary.written // args.batch_size)

@@ -25,13 +25,14 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from data_pipeline.config import EncodeConfig, load_encode_config
-from data_pipeline.latent_encoder import LatentEncoder, pick_device
+from data_pipeline.latent_encoder import LatentEncoder
 from data_pipeline.manifest import check_compatible, describe_dataset, update_manifest
 from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, list_input_shards
 from fmboost import shards as schema
 from fmboost.config import to_yaml
+from fmboost.devices import resolve_device
 from fmboost.errors import ConfigError, FMBoostError
 from fmboost.first_stage import build_first_stage
 
@@ -172,7 +173,7 @@ def run(config: EncodeConfig) -> RunSummary:
     mine = [shard for shard in shards if shard.index % num_tasks == task_index]
     todo = [shard for shard in mine if not schema.stats_path(root, shard.index).is_file()]
     summary = RunSummary(shards_skipped=len(mine) - len(todo))
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     logger.info(
         "task %d/%d: %d of %d input shards are mine, %d already complete; encoding on %s with %s",
         task_index, num_tasks, len(mine), len(shards), summary.shards_skipped, device, first_stage.name,

@@ -5,16 +5,9 @@ import contextlib
 import numpy as np
 import torch
 
+from fmboost.devices import precision_dtype
 from fmboost.first_stage.base import FirstStage
 from fmboost.upsampling import resize_images, upsample_latents
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class LatentEncoder:
@@ -28,9 +21,8 @@ class LatentEncoder:
     ) -> None:
         self.first_stage = first_stage.to(device)
         self.low_res, self.psu_variant, self.device = low_res, psu_variant, device
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        dtype = precision_dtype(precision, device)
+        self.autocast_dtype = None if dtype == torch.float32 else dtype
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

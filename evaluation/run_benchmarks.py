@@ -68,10 +68,11 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
     from evaluation import runner
     from evaluation.report import write_results
-    from fmboost.config import FirstStageConfig, to_flat_dict
-    from fmboost.first_stage import build_first_stage
+    from fmboost.config import to_flat_dict
+    from fmboost.devices import resolve_device
+    from fmboost.first_stage import build_recorded_first_stage
     from fmboost.model import FMBoostModel
-    from fmboost.pipeline import FMBoostPipeline, resolve_device
+    from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
 
     task, num_tasks = task_split(config)
@@ -87,11 +88,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
             for label, path in zip(labels, model_dirs, strict=True)
         }
         loader, dataset = runner.validation_loader(config, next(iter(models.values()), None), task, num_tasks)
-        info = dataset.manifest.first_stage
-        source = info.get("source")
-        first_stage = build_first_stage(
-            FirstStageConfig(name=info["name"], path=None if source == "none" else source)
-        )
+        first_stage = build_recorded_first_stage(dataset.manifest.first_stage)
         for model in models.values():
             model.check_first_stage(first_stage)
         entries = runner.sweep_entries(config, list(models))

@@ -33,6 +33,7 @@ from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 from fmboost.metrics import psnr, ssim
 from fmboost.model import FMBoostModel
+from fmboost.pipeline import to_uint8
 from fmboost.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
 from fmboost.upsampling import resize_images
 
@@ -138,10 +139,6 @@ def sweep_entries(config: EvalRunConfig, labels: list[str]) -> list[Entry]:
 def batch_seed(seed: int, keys: list[str]) -> int:
     """Noise and crops depend on the samples, not on how the work was split into tasks or batches."""
     return zlib.crc32(f"{seed}:{keys[0]}".encode())
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 class Evaluator:

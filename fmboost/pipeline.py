@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from fmboost.config import FirstStageConfig
+from fmboost.devices import precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
-from fmboost.first_stage import build_first_stage
+from fmboost.first_stage import build_first_stage, build_recorded_first_stage
 from fmboost.first_stage.base import FirstStage
 from fmboost.model import FMBoostModel
 
@@ -35,18 +36,6 @@ class PipelineOutput:
     latents: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     nfe: list[int] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> torch.device:
-    return torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
 
 
 def load_base(base: str, device: torch.device, dtype: torch.dtype):
@@ -61,9 +50,7 @@ def load_base(base: str, device: torch.device, dtype: torch.dtype):
     if not local.exists() and not looks_like_hub_id(base):
         raise WeightsError(f"--base: {local} does not exist")
     try:
-        pipeline = DiffusionPipeline.from_pretrained(
-            str(local) if local.exists() else base, torch_dtype=dtype
-        )
+        pipeline = DiffusionPipeline.from_pretrained(str(local) if local.exists() else base, dtype=dtype)
     except OSError as error:
         raise WeightsError(
             f"--base: cannot load a diffusers pipeline from {base!r} ({str(error).splitlines()[0]}); without "
@@ -78,17 +65,16 @@ def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
     info = stage.first_stage_info or {}
     if "name" not in info:
         raise FMBoostError("the stage does not record its first stage; pass one explicitly (--first-stage)")
-    source = info.get("source")
-    return build_first_stage(
-        FirstStageConfig(name=info["name"], path=None if source in (None, "none") else source)
-    )
+    return build_recorded_first_stage(info)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → uint8 [B, 3, H, W] on the CPU."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    pixels = (
-        ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    )
-    return [Image.fromarray(array) for array in pixels]
+    return [Image.fromarray(array) for array in to_uint8(images).permute(0, 2, 3, 1).numpy()]
 
 
 def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
@@ -118,7 +104,7 @@ class FMBoostPipeline:
         dtype: str | torch.dtype = "auto",
     ) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.dtype = resolve_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
+        self.dtype = precision_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
         if not stages:
             raise FMBoostError("at least one CFM stage is needed")
         self.first_stage = first_stage.to(self.device)
@@ -141,7 +127,7 @@ class FMBoostPipeline:
         dtype: str = "auto",
     ) -> "FMBoostPipeline":
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_dtype = precision_dtype(dtype, torch_device)
         stages = [FMBoostModel.from_pretrained(path) for path in stage_dirs]
         base_pipeline = load_base(base, torch_device, torch_dtype) if base else None
         if first_stage is not None:

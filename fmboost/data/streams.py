@@ -95,8 +95,8 @@ class TrainStream(IterableDataset):
         stream = (worker + self.start_batch) % workers
         skip = batches_served(self.start_batch, stream, workers) * self.batch_size
         segment = 0
-        while skip >= self.dataset.counts[self.segment_shard(stream, segment)]:
-            skip -= self.dataset.counts[self.segment_shard(stream, segment)]
+        while skip >= (length := self.dataset.counts[self.segment_shard(stream, segment)]):
+            skip -= length
             segment += 1
         pending: list[dict[str, Any]] = []
         while True:

@@ -55,4 +55,14 @@ def build_first_stage(config: "FirstStageConfig") -> FirstStage:
     return first_stage
 
 
-__all__ = ["FIRST_STAGES", "FirstStage", "build_first_stage"]
+def build_recorded_first_stage(info: dict) -> FirstStage:
+    """Rebuild a first stage from what :meth:`FirstStage.describe` recorded (manifest or model config)."""
+    from fmboost.config import FirstStageConfig  # imported here: fmboost.config imports this package
+
+    source = info.get("source")
+    return build_first_stage(
+        FirstStageConfig(name=info["name"], path=None if source in (None, "none") else source)
+    )
+
+
+__all__ = ["FIRST_STAGES", "FirstStage", "build_first_stage", "build_recorded_first_stage"]

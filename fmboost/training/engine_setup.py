@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from fmboost.config import FMBoostConfig
+from fmboost.devices import resolve_precision
 from fmboost.errors import ConfigError
 
 OWNED_KEYS = {
@@ -18,13 +19,6 @@ OWNED_KEYS = {
     "optimizer": "train.lr / train.weight_decay (FMBoost builds AdamW itself)",
     "scheduler": "train.warmup_steps",
 }
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 on GPUs and fp32 on CPUs."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 def deepspeed_config(config: FMBoostConfig, device: torch.device) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
 from fmboost.data import TrainStream, ValidationStream, check_compatible, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
+from fmboost.devices import resolve_precision
 from fmboost.distributed import DistributedEnv, device_for, init_distributed
 from fmboost.errors import FMBoostError
 from fmboost.first_stage import build_first_stage
@@ -26,12 +27,7 @@ from fmboost.model import FMBoostModel
 from fmboost.models.ema import EMA
 from fmboost.tracking import Tracker
 from fmboost.training import checkpointing as ckpt
-from fmboost.training.engine_setup import (
-    build_optimizer,
-    deepspeed_config,
-    resolve_precision,
-    warmup_schedule,
-)
+from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
 from fmboost.training.validation import Validator
 
 logger = logging.getLogger(__name__)
