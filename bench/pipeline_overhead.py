@@ -62,7 +62,8 @@ def main() -> None:
         channel_mult=[1, 2, 2],
         num_res_blocks=1,
         attention_resolutions=[4],
-        num_head_channels=32,
+        num_heads=None,
+        head_channels=32,
     )
     model = FMBoostModel(unet, FlowConfig(nfe=args.nfe, solver="euler"), vae.describe())
     pipeline = FMBoostPipeline(vae, [model], device="cpu", dtype="fp32")

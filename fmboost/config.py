@@ -77,7 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 1000
     max_steps: int = 100_000
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0  # 0: no clipping, as in the released trainer
     grad_accum: int = 1
     precision: str = "auto"
     ema_beta: float = 0.999
@@ -263,6 +263,9 @@ def validate(config: FMBoostConfig) -> None:
             "model.norm_groups",
             f"{mult * model.model_channels} channels do not split into {model.norm_groups} groups",
         )
+    validate_attention(model)
+    _require(model.time_scale > 0, "model.time_scale", "must be positive")
+    _require(config.train.grad_clip >= 0, "train.grad_clip", "must not be negative (0 turns clipping off)")
     _require(
         config.train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}"
     )
@@ -274,6 +277,36 @@ def validate(config: FMBoostConfig) -> None:
     )
     for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
         _require(getattr(config.train, key) > 0, f"train.{key}", "must be positive")
+
+
+def validate_attention(model: UNetConfig) -> None:
+    """Attention only at factors the levels reach, with heads that fit every attention layer."""
+    factors = model.downsampling_factors()
+    unreachable = [f for f in model.attention_resolutions if f not in factors]
+    _require(
+        not unreachable,
+        "model.attention_resolutions",
+        f"factor(s) {unreachable} never occur with {len(model.channel_mult)} levels "
+        f"(factors {', '.join(map(str, factors))})",
+    )
+    _require(model.head_channels > 0, "model.head_channels", "must be positive")
+    if model.num_heads is not None:
+        _require(
+            model.num_heads > 0, "model.num_heads", "must be positive (or null: one head per head_channels)"
+        )
+        return
+    widths = {model.model_channels * model.channel_mult[-1]}  # the middle block always attends
+    widths |= {
+        model.model_channels * m
+        for m, f in zip(model.channel_mult, factors, strict=True)
+        if f in model.attention_resolutions
+    }
+    for width in sorted(widths):
+        _require(
+            width % model.head_channels == 0,
+            "model.head_channels",
+            f"{width} channels do not split into heads of {model.head_channels} (or set model.num_heads)",
+        )
 
 
 def to_yaml(config: FMBoostConfig) -> str:

@@ -29,7 +29,25 @@ from fmboost.upsampling import upsample_latents
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def upgrade_model_section(model: dict[str, Any], version: int) -> dict[str, Any]:
+    """A ``model`` section written by an older FMBoost, in today's keys (same network, same weights).
+
+    Version 1 had ``num_head_channels`` (one head per that many channels) and allowed attention
+    factors that no level reaches.
+    """
+    if version >= 2:
+        return model
+    model = dict(model)
+    if "num_head_channels" in model:
+        model["num_heads"], model["head_channels"] = None, model.pop("num_head_channels")
+    levels = len(model.get("channel_mult", [1, 2, 4, 8]))
+    reachable = {2**level for level in range(levels)}
+    model["attention_resolutions"] = [f for f in model.get("attention_resolutions", []) if f in reachable]
+    model.setdefault("time_scale", 1000.0)
+    return model
 
 
 class FMBoostModel(nn.Module):
@@ -156,9 +174,8 @@ class FMBoostModel(nn.Module):
             saved = json.loads(config_path.read_text())
         except json.JSONDecodeError as error:
             raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
-        config = merge_config(
-            [(str(config_path), {"model": saved.get("model", {}), "flow": saved.get("flow", {})})]
-        )
+        model_section = upgrade_model_section(saved.get("model", {}), saved.get("format_version", 1))
+        config = merge_config([(str(config_path), {"model": model_section, "flow": saved.get("flow", {})})])
         model = cls.from_config(config, saved.get("first_stage"))
         try:
             missing, unexpected = model.net.load_state_dict(load_file(str(weights_path)), strict=False)

@@ -38,7 +38,8 @@ def tiny_unet_config(latent_channels: int = 3, input_multiplier: int = 2) -> UNe
         channel_mult=[1, 2],
         num_res_blocks=1,
         attention_resolutions=[2],
-        num_head_channels=8,
+        num_heads=None,
+        head_channels=8,
         norm_groups=4,
     )
 

@@ -20,15 +20,23 @@ def test_paper_recipe_has_the_paper_hyper_parameters():
         128,
         [1, 2, 4, 8],
     )
-    assert (config.model.num_res_blocks, config.model.attention_resolutions) == (3, [8, 16])
+    assert (config.model.num_res_blocks, config.model.attention_resolutions) == (3, [8])
+    assert (config.model.num_heads, config.model.head_channels, config.model.time_scale) == (4, 64, 1.0)
+    assert config.train.grad_clip == 0.0, "the released trainer does not clip gradients"
     assert (config.flow.objective, config.flow.noise_aug_step, config.flow.nfe) == ("cfm", 400, 40)
     assert (config.train.lr, config.train.ema_beta, config.train.precision) == (3e-5, 0.999, "bf16")
     assert config.first_stage.scale == 0.18215
 
 
+def test_heads_of_head_channels_must_split_every_attention_layer():
+    with pytest.raises(ConfigError, match="model.head_channels: 1024 channels do not split into heads of 48"):
+        load_config(CONFIGS / "cfm_1k.yaml", ["model.num_heads=null", "model.head_channels=48"])
+
+
 def test_command_line_overrides_win_over_the_file_and_keep_their_types():
     config = load_config(
-        CONFIGS / "cfm_1k.yaml", ["train.lr=1e-4", "model.channel_mult=[1,2]", "flow.solver=rk4"]
+        CONFIGS / "cfm_1k.yaml",
+        ["train.lr=1e-4", "model.channel_mult=[1,2]", "model.attention_resolutions=[2]", "flow.solver=rk4"],
     )
     assert config.train.lr == 1e-4
     assert config.model.channel_mult == [1, 2]
@@ -53,6 +61,13 @@ def test_deepspeed_section_passes_any_deepspeed_key_through():
         ("train.precision=fp8", r"train.precision: choose one of"),
         ("flow.noise_aug_step=1000", r"flow.noise_aug_step: must lie in \[0, 999\]"),
         ("lr", r"overrides must look like section.key=value, got lr"),
+        (
+            "model.attention_resolutions=[8,16]",
+            r"model.attention_resolutions: factor\(s\) \[16\] never occur",
+        ),
+        ("model.num_heads=0", r"model.num_heads: must be positive"),
+        ("model.time_scale=0", r"model.time_scale: must be positive"),
+        ("train.grad_clip=-1", r"train.grad_clip: must not be negative"),
     ],
 )
 def test_bad_overrides_fail_with_the_key_named(override, message):

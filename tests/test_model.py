@@ -85,3 +85,17 @@ def test_broken_model_directories_are_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="flow.objective"):
         FMBoostModel.from_pretrained(tmp_path)
+
+
+def test_an_export_written_before_configurable_attention_widths_loads_as_the_same_network(tmp_path):
+    model = tiny_model()  # one head per 8 channels, as version 1 wrote it
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    unet = saved["model"]
+    unet["num_head_channels"] = unet.pop("head_channels")
+    del unet["num_heads"]
+    unet["attention_resolutions"] = [*unet["attention_resolutions"], 16]  # v1 accepted unreachable factors
+    saved["format_version"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = FMBoostModel.from_pretrained(tmp_path)
+    assert loaded.unet_config == model.unet_config

@@ -3,10 +3,16 @@ r"""ADM-style U-Net (Dhariwal & Nichol 2021), the paper's "EfficientUNet".
 ResBlocks condition on time through scale-shift norm, :math:`h = \mathrm{GN}(h)(1 + s) + b`;
 self-attention runs at chosen downsampling factors and in the middle block; the output convolution
 starts at zero so that an untrained model predicts a zero velocity. Time arrives in [0, 1] and is
-multiplied by ``time_scale`` (1000) before the sinusoidal embedding.
+multiplied by ``time_scale`` before the sinusoidal embedding (1: the released code embeds t ∈ [0, 1]
+as it is).
 
-Paper configuration for 64² → 128² SD latents: ``UNet(UNetConfig(in_channels=8, out_channels=4))``
-(128 base channels, multipliers [1, 2, 4, 8], 3 res blocks, attention at factors 8 and 16, 64-d heads).
+Every attention layer has the same inner width ``num_heads · head_channels`` (the released
+``EfficientUNet``: 4 heads × 64 = 256, whatever the layer's channel count), unless ``num_heads`` is
+``None``, in which case a layer has as many heads of ``head_channels`` as it has channels.
+
+``UNet(UNetConfig())`` is the paper's network for 64² → 128² SD latents, parameter for parameter:
+8 input channels, 128 base channels, multipliers [1, 2, 4, 8], 3 res blocks, attention at factor 8
+(the deepest level) and in the middle block: 305,806,340 parameters.
 """
 
 import math
@@ -19,18 +25,32 @@ from torch import nn
 
 @dataclass
 class UNetConfig:
-    """Architecture of :class:`UNet`. ``attention_resolutions`` are downsampling factors (1 = input size)."""
+    """Architecture of :class:`UNet`; the defaults are the released code's network.
+
+    ``attention_resolutions`` are downsampling factors (1 = input size); with ``len(channel_mult)``
+    levels only the factors 1, 2, …, 2^(levels−1) exist. ``num_heads`` × ``head_channels`` is the inner
+    width of every attention layer (``num_heads=None``: one head per ``head_channels`` channels).
+    """
 
     in_channels: int = 8
     out_channels: int = 4
     model_channels: int = 128
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     num_res_blocks: int = 3
-    attention_resolutions: list[int] = field(default_factory=lambda: [8, 16])
-    num_head_channels: int = 64
+    attention_resolutions: list[int] = field(default_factory=lambda: [8])
+    num_heads: int | None = 4
+    head_channels: int = 64
     dropout: float = 0.0
     norm_groups: int = 32
-    time_scale: float = 1000.0
+    time_scale: float = 1.0
+
+    def downsampling_factors(self) -> list[int]:
+        """The factors the levels run at: 1, 2, …, 2^(levels−1)."""
+        return [2**level for level in range(len(self.channel_mult))]
+
+    def attention_heads(self, channels: int) -> int:
+        """Heads of the attention layer in a level with ``channels`` channels."""
+        return self.num_heads if self.num_heads is not None else channels // self.head_channels
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -75,33 +95,39 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over spatial positions with a residual connection.
+    r"""Multi-head self-attention over spatial positions with a residual connection.
 
-    The qkv projection yields channels laid out as (3, heads, head_dim); they are separated with an
-    explicit ``view`` + ``permute`` so that channels are never mixed with positions.
+    .. math::  y = x + W_{out}\,\mathrm{MHA}(W_{qkv}\,\mathrm{GN}(x)),
+
+    with :math:`W_{qkv}: C \to 3 \cdot heads \cdot d` and :math:`W_{out}: heads \cdot d \to C` (zero at
+    init). The qkv channels are laid out as (3, heads, d); they are separated with an explicit
+    ``view`` + ``permute`` (channels are never mixed with positions) and made contiguous with ``d``
+    last, which ``scaled_dot_product_attention`` needs for its fast kernels.
     """
 
-    def __init__(self, channels: int, num_head_channels: int, groups: int) -> None:
+    def __init__(self, channels: int, num_heads: int, head_channels: int, groups: int) -> None:
         super().__init__()
-        if channels % num_head_channels:
-            raise ValueError(f"{channels} channels do not split into heads of {num_head_channels}")
-        self.num_heads = channels // num_head_channels
+        if num_heads < 1 or head_channels < 1:
+            raise ValueError(
+                f"attention needs at least one head of one channel, got {num_heads} × {head_channels}"
+            )
+        self.num_heads, self.head_channels = num_heads, head_channels
+        inner = num_heads * head_channels
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        self.qkv = nn.Conv1d(channels, 3 * inner, 1)
+        self.proj_out = zero_module(nn.Conv1d(inner, channels, 1))
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, 3·C, L] → three tensors [B, heads, L, head_dim]."""
-        b, three_c, length = x.shape
-        head_dim = three_c // (3 * self.num_heads)
-        qkv = x.view(b, 3, self.num_heads, head_dim, length).permute(1, 0, 2, 4, 3)
-        return qkv[0], qkv[1], qkv[2]
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3·heads·d, L] → three contiguous tensors [B, heads, L, d]."""
+        b, _, length = qkv.shape
+        qkv = qkv.view(b, 3, self.num_heads, self.head_channels, length).permute(1, 0, 2, 4, 3)
+        return qkv.contiguous().unbind(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         q, k, v = self.split_heads(self.qkv(self.norm(x).view(b, c, height * width)))
-        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
-        h = h.transpose(2, 3).reshape(b, c, height * width)
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, d]
+        h = h.transpose(2, 3).reshape(b, self.num_heads * self.head_channels, height * width)
         return x + self.proj_out(h).view(b, c, height, width)
 
 
@@ -146,13 +172,12 @@ class UNet(nn.Module):
         emb_dim = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
+        def attention(channels: int) -> AttentionBlock:
+            return AttentionBlock(channels, config.attention_heads(channels), config.head_channels, groups)
+
         def level(ch_in: int, ch_out: int, factor: int) -> Level:
-            attention = (
-                AttentionBlock(ch_out, config.num_head_channels, groups)
-                if factor in config.attention_resolutions
-                else None
-            )
-            return Level(ResBlock(ch_in, emb_dim, ch_out, config.dropout, groups), attention)
+            block = attention(ch_out) if factor in config.attention_resolutions else None
+            return Level(ResBlock(ch_in, emb_dim, ch_out, config.dropout, groups), block)
 
         self.input_conv = nn.Conv2d(config.in_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()
@@ -170,7 +195,7 @@ class UNet(nn.Module):
         self.middle = nn.ModuleList(
             [
                 ResBlock(ch, emb_dim, ch, config.dropout, groups),
-                AttentionBlock(ch, config.num_head_channels, groups),
+                attention(ch),
                 ResBlock(ch, emb_dim, ch, config.dropout, groups),
             ]
         )

@@ -97,7 +97,8 @@ def save_tiny_stage(directory: Path, latent_channels: int = 4, first_stage_info:
         channel_mult=[1, 2],
         num_res_blocks=1,
         attention_resolutions=[2],
-        num_head_channels=16,
+        num_heads=None,
+        head_channels=16,
         norm_groups=4,
     )
     model = FMBoostModel(unet, FlowConfig(nfe=2), first_stage_info)
