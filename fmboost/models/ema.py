@@ -46,6 +46,11 @@ class EMA(nn.Module):
             online = model.state_dict(keep_vars=False)
             floats, float_sources, others, other_sources = [], [], [], []
             for name, shadow_tensor in self.shadow.state_dict(keep_vars=False).items():
+                if shadow_tensor.is_floating_point() and online[name].dtype != shadow_tensor.dtype:
+                    raise TypeError(
+                        f"the EMA averages {shadow_tensor.dtype} weights, but {name} is "
+                        f"{online[name].dtype}: average the full-precision master weights, not a copy"
+                    )
                 if shadow_tensor.is_floating_point():
                     floats.append(shadow_tensor)
                     float_sources.append(online[name])
@@ -63,7 +68,7 @@ class EMA(nn.Module):
         """``shadow = decay · shadow + (1 − decay) · model`` for floating tensors; copies the rest."""
         decay = self.current_decay()
         floats, float_sources, others, other_sources = self._pairs(model)
-        sources = [t.to(device=s.device, dtype=s.dtype) for s, t in zip(floats, float_sources, strict=True)]
+        sources = [t.to(device=s.device) for s, t in zip(floats, float_sources, strict=True)]
         torch._foreach_lerp_(floats, sources, 1.0 - decay)
         for shadow_tensor, source in zip(others, other_sources, strict=True):
             shadow_tensor.copy_(source)

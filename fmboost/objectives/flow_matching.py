@@ -7,6 +7,9 @@ r"""Flow matching along the straight path (σ_min = 0).
 with the clean upsampled latent :math:`c = z_{up}` concatenated on channels (never noised). The
 objectives differ only in the start point :math:`x_0`: ``cfm`` couples it to the data,
 :math:`x_0 = \sqrt{\bar\alpha} z_{up} + \sqrt{1-\bar\alpha}\varepsilon`; ``fm`` uses pure noise.
+
+Mixed precision as in the released trainer (bf16-mixed): :math:`x_0`, :math:`x_t`, :math:`u` and the
+loss are fp32 whatever the inputs' dtype; only the network runs under the caller's autocast.
 """
 
 from abc import abstractmethod
@@ -48,10 +51,11 @@ class FlowMatchingObjective(Objective):
     def loss(
         self, net: VelocityNet, x1: torch.Tensor, z_up: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        x1, z_up = x1.float(), z_up.float()
         x0 = self.start_point(z_up, generator)
         t = rand_uniform(x1.shape[0], x1, generator)
         prediction = self.velocity(net, interpolate(x0, x1, t), t, z_up)
-        return F.mse_loss(prediction.float(), target_velocity(x0, x1).float())
+        return F.mse_loss(prediction.float(), target_velocity(x0, x1))
 
     def sample(
         self,

@@ -16,6 +16,7 @@ OWNED_KEYS = {
     "train_batch_size": "data.batch_size and train.grad_accum",
     "bf16": "train.precision",
     "fp16": "train.precision",
+    "torch_autocast": "train.precision",
     "optimizer": "train.lr / train.weight_decay (FMBoost builds AdamW itself)",
     "scheduler": "train.warmup_steps",
 }
@@ -43,8 +44,22 @@ def deepspeed_config(config: FMBoostConfig, device: torch.device) -> dict[str, A
     section.setdefault("steps_per_print", 10**12)
     section.setdefault("wall_clock_breakdown", False)
     if precision in ("bf16", "fp16"):
-        section[precision] = {"enabled": True}
+        section["torch_autocast"] = mixed_precision(precision)
     return section
+
+
+def mixed_precision(precision: str) -> dict[str, Any]:
+    """The released trainer's "bf16-mixed": fp32 weights, gradients and optimizer; the forward autocast.
+
+    DeepSpeed's ``torch_autocast`` keeps the module in fp32 and autocasts its forward (our objectives
+    keep the path and the loss in fp32 inside it). No module is listed as lower-precision safe, so
+    gradients are reduced in fp32, as with fp32 parameters under DDP.
+    """
+    return {
+        "enabled": True,
+        "dtype": {"bf16": "bfloat16", "fp16": "float16"}[precision],
+        "lower_precision_safe_modules": [],
+    }
 
 
 def build_optimizer(model: torch.nn.Module, config: FMBoostConfig) -> torch.optim.Optimizer:

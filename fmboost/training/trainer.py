@@ -86,13 +86,11 @@ def train(
         lr_scheduler=warmup_schedule(optimizer, config.train.warmup_steps),
         config=deepspeed_config(config, device),
     )
-    param_dtype = next(engine.module.parameters()).dtype
     ema = None
-    if env.is_main:
+    if env.is_main:  # the module stays fp32 under mixed precision: the EMA averages master weights
         ema = EMA(
             engine.module, config.train.ema_beta, config.train.ema_power, config.train.ema_update_after_step
         )
-        ema.shadow.float()
     loss_generator = torch.Generator().manual_seed(config.train.seed * 1000 + env.rank)
 
     # ------------------------------------------------------------------ resume
@@ -166,8 +164,8 @@ def train(
     batches = iter(loader)
     while state.step < config.train.max_steps:
         batch = next(batches)
-        x1 = batch["x1"].to(device, param_dtype, non_blocking=True)
-        z_up = batch["z_up"].to(device, param_dtype, non_blocking=True)
+        x1 = batch["x1"].to(device, non_blocking=True)
+        z_up = batch["z_up"].to(device, non_blocking=True)
         loss = engine(x1, z_up, loss_generator)
         if all_ranks_agree(not torch.isfinite(loss).item(), device):
             latest = ckpt.latest_checkpoint(run_dir)

@@ -44,3 +44,11 @@ def test_shadow_is_frozen_and_its_state_survives_a_state_dict_round_trip():
     restored.load_state_dict(ema.state_dict())
     assert int(restored.num_updates) == 1
     torch.testing.assert_close(restored.shadow.weight, model.weight)
+
+
+def test_the_ema_refuses_to_average_a_low_precision_copy_of_the_weights():
+    """Mixed precision keeps fp32 master weights; averaging a bf16 copy would lose the small updates."""
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model)
+    with pytest.raises(TypeError, match=r"averages torch.float32 weights, but weight is torch.bfloat16"):
+        ema.update(torch.nn.Linear(2, 1).bfloat16())

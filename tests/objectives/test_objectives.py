@@ -76,3 +76,42 @@ def test_regression_losses_compare_one_prediction_with_x1(objective, expected):
     solution = objective.sample(net, torch.zeros(1, 1, 1, 2), nfe=40, solver="euler")
     assert solution.nfe == 1 and len(net.inputs) == 2
     assert net.inputs[0].shape[1] == 1, "regression sees only the context"
+
+
+@pytest.mark.parametrize("objective", [CouplingFlowMatching(noise_aug_step=400), NaiveFlowMatching()])
+def test_under_bf16_autocast_only_the_network_is_low_precision_and_the_path_and_loss_stay_fp32(objective):
+    """bf16-mixed as released: x0, x_t, the target and the loss in fp32; the network autocasts."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 4, 3, padding=1)
+    seen = {}
+
+    def net(x, t):
+        seen["input"] = x
+        seen["output"] = conv(x)  # a conv under autocast runs in bf16
+        return seen["output"]
+
+    x1, z_up = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = objective.loss(net, x1, z_up, torch.Generator().manual_seed(3))
+    assert seen["output"].dtype == torch.bfloat16
+    assert seen["input"].dtype == torch.float32 and loss.dtype == torch.float32
+
+    generator = torch.Generator().manual_seed(3)  # the same draws, recomputed by hand in fp32
+    x0 = objective.start_point(z_up, generator)
+    t = torch.rand(2, generator=generator).view(-1, 1, 1, 1)
+    x_t = t * x1 + (1 - t) * x0
+    torch.testing.assert_close(seen["input"], torch.cat([x_t, z_up], dim=1), rtol=0, atol=0)
+    expected = ((seen["output"].float() - (x1 - x0)) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+
+
+def test_bf16_inputs_still_build_the_path_in_fp32():
+    seen = {}
+
+    def net(x, t):
+        seen["input"] = x
+        return torch.zeros_like(x[:, :4])
+
+    x1, z_up = torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 4, 8, 8).bfloat16()
+    loss = CouplingFlowMatching().loss(net, x1, z_up, torch.Generator().manual_seed(0))
+    assert seen["input"].dtype == torch.float32 and loss.dtype == torch.float32

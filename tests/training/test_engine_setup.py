@@ -19,8 +19,22 @@ def test_deepspeed_config_derives_batch_accumulation_clipping_and_precision():
     cpu = deepspeed_config(config, torch.device("cpu"))
     assert cpu["train_micro_batch_size_per_gpu"] == 6 and cpu["gradient_accumulation_steps"] == 3
     assert cpu["gradient_clipping"] == 0.5 and cpu["zero_optimization"] == {"stage": 2}
-    assert "bf16" not in cpu, "fp32 on CPU"
-    assert deepspeed_config(config, torch.device("cuda"))["bf16"] == {"enabled": True}
+    assert "torch_autocast" not in cpu, "fp32 on CPU"
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", "bfloat16"), ("fp16", "float16")])
+def test_mixed_precision_autocasts_the_forward_and_keeps_fp32_weights_and_gradient_reduction(
+    precision, dtype
+):
+    config = load_config(None, [f"train.precision={precision}"])
+    section = deepspeed_config(config, torch.device("cpu"))
+    assert section["torch_autocast"] == {"enabled": True, "dtype": dtype, "lower_precision_safe_modules": []}
+    assert "bf16" not in section and "fp16" not in section, "DeepSpeed must not cast the module itself"
+
+
+def test_auto_precision_is_bf16_mixed_on_gpus():
+    section = deepspeed_config(load_config(None, ["train.precision=auto"]), torch.device("cuda"))
+    assert section["torch_autocast"]["dtype"] == "bfloat16"
 
 
 def test_zero_stage_three_is_refused_up_front():

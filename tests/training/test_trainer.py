@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
 from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
@@ -81,8 +82,36 @@ def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_pat
     assert client.get_metric_history(run.info.run_id, "train/images_seen")[-1].value == 24
 
 
+def test_bf16_mixed_training_autocasts_only_the_network_and_keeps_fp32_weights_loss_and_ema(
+    tmp_path, latents, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(latents, run_dir, max_steps=2, checkpoint_every=2, precision="bf16")
+    config = load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", [*overrides, "train.validate_every=100"])
+    seen, original_loss = [], CouplingFlowMatching.loss
+
+    def recording_loss(self, net, x1, z_up, generator=None):
+        network_dtypes = []
+
+        def recording_net(x, t):
+            prediction = net(x, t)
+            network_dtypes.append(prediction.dtype)
+            return prediction
+
+        loss = original_loss(self, recording_net, x1, z_up, generator)
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen.append((x1.dtype, autocast, network_dtypes[0], loss.dtype))
+        return loss
+
+    monkeypatch.setattr(CouplingFlowMatching, "loss", recording_loss)
+    result = train(config, DistributedEnv())  # the EMA refuses a bf16 copy, so reaching the end proves fp32
+    assert seen == [(torch.float32, torch.bfloat16, torch.bfloat16, torch.float32)] * 2
+    exported = load_file(str(result.export_dir / "model.safetensors"))
+    assert {tensor.dtype for tensor in exported.values()} == {torch.float32}
+
+
 def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(tmp_path, latents):
-    steps = dict(max_steps=10, checkpoint_every=4, validate_every=100)
+    steps = dict(max_steps=10, checkpoint_every=4, validate_every=100, precision="bf16")
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     process = run_in_subprocess(
         ["configs/demo/tiny_cpu.yaml", *training_overrides(latents, reference, **steps)]
