@@ -57,10 +57,23 @@ def resolve_dataset(spec: str) -> LatentDataset:
 
 
 def check_compatible(
-    manifest: Manifest, latent_channels: int, scale_factor: int, first_stage_name: str | None = None
+    manifest: Manifest,
+    latent_channels: int,
+    scale_factor: int,
+    first_stage_name: str | None = None,
+    upsampling: str | None = None,
 ) -> None:
-    """Refuse shards whose latents cannot train or evaluate this model."""
+    """Refuse shards whose latents cannot train or evaluate this model.
+
+    ``psu_*`` modes train on the stored ``latent_psu``, so its variant must be the one the model names.
+    """
     problems = []
+    if upsampling is not None and upsampling.startswith("psu") and upsampling != manifest.psu_variant:
+        problems.append(
+            f"contexts made with {manifest.psu_variant} (manifest psu_variant), but flow.upsampling is "
+            f"{upsampling}; encode the data with psu_variant={upsampling} or train with "
+            f"flow.upsampling={manifest.psu_variant}"
+        )
     if manifest.latent_channels != latent_channels:
         problems.append(f"{manifest.latent_channels}-channel latents, but the model uses {latent_channels}")
     if manifest.scale_factor != scale_factor:

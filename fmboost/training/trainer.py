@@ -73,7 +73,10 @@ def train(
     init_distributed(env)
     train_set = resolve_dataset(config.data.train)
     manifest = train_set.manifest
-    check_compatible(manifest, config.model.out_channels, config.flow.scale_factor, config.first_stage.name)
+    flow = config.flow
+    check_compatible(
+        manifest, config.model.out_channels, flow.scale_factor, config.first_stage.name, flow.upsampling
+    )
     transform = SampleTransform(manifest, config.flow.upsampling, config.data.crop_size)
 
     # ------------------------------------------------------------------ model, DeepSpeed, EMA
@@ -124,7 +127,9 @@ def train(
     validator = None
     if env.is_main and config.data.validation:
         validation_set = resolve_dataset(config.data.validation)
-        check_compatible(validation_set.manifest, config.model.out_channels, config.flow.scale_factor)
+        check_compatible(
+            validation_set.manifest, config.model.out_channels, flow.scale_factor, upsampling=flow.upsampling
+        )
         validation_transform = SampleTransform(
             validation_set.manifest, config.flow.upsampling, config.data.crop_size
         )

@@ -163,3 +163,14 @@ def test_the_reader_never_unpickles_shard_data(tmp_path, latent_dataset, monkeyp
     with pytest.raises(ValueError, match="allow_pickle"):
         schema.decode_array(object_array.getvalue())
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_psu_mode_other_than_the_one_the_shards_were_encoded_with_is_refused_naming_both(latent_dataset):
+    assert latent_dataset.manifest.psu_variant == "psu_roundtrip"
+    for fits in ("psu_roundtrip", "bilinear", "nearest"):  # latent resizes are made from latent_lowres
+        check_compatible(latent_dataset.manifest, 3, 2, upsampling=fits)
+    with pytest.raises(
+        FMBoostError,
+        match=r"contexts made with psu_roundtrip \(manifest psu_variant\), but flow.upsampling is psu_pixel",
+    ):
+        check_compatible(latent_dataset.manifest, 3, 2, upsampling="psu_pixel")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
+from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
 from fmboost.model import FMBoostModel
 from fmboost.objectives import CouplingFlowMatching
@@ -204,3 +205,11 @@ def test_the_same_trainer_runs_under_torchrun_with_two_processes(tmp_path, laten
     assert "finished at step 2" in result.stdout
     state = json.loads((run_dir / "checkpoints/step_00000002/trainer_state.json").read_text())
     assert state["images_seen"] == 2 * 2 * 4
+
+
+def test_training_refuses_shards_whose_stored_context_is_another_psu_variant(tmp_path, latents):
+    overrides = [*training_overrides(latents, tmp_path / "run"), "flow.upsampling=psu_pixel"]
+    config = load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", overrides)
+    with pytest.raises(FMBoostError, match="made with psu_roundtrip .* but flow.upsampling is psu_pixel"):
+        train(config, DistributedEnv())
+    assert not (tmp_path / "run" / "checkpoints").exists()
