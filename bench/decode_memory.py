@@ -40,7 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     vae = DiffusersVAE(
         AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG)),
-        "random SD 1.x VAE",
+        None,
         tile_size=args.tile,
         tile_overlap=args.overlap,
     )

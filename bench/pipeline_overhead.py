@@ -52,9 +52,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = DiffusersVAE(
-        AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG)), "random SD 1.x VAE", tile_size=None
-    )
+    vae = DiffusersVAE(AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG)), None, tile_size=None)
     unet = UNetConfig(
         in_channels=8,
         out_channels=4,

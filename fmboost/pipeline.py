@@ -7,8 +7,9 @@
 The base is any diffusers pipeline that returns latents with ``output_type="latent"`` (SD 1.x,
 LCM/LCM-LoRA schedulers, ...). Each stage is an ``FMBoostModel`` with its own solver and NFE; between
 stages the latent goes through the stage's context upsampling (PSU: decode, upsample in pixels,
-encode, tiled once images are large). The first stage (VAE) is the base's, or the one the stages
-were trained with, or one given explicitly.
+encode), tiled exactly as that stage's training contexts were (its recorded first stage), so inference
+sees the context training saw. The first stage (VAE) is the base's, or the one the stages were trained
+with, or one given explicitly.
 """
 
 import time
@@ -116,6 +117,10 @@ class FMBoostPipeline:
                     f"stage {index} works on {stage.latent_channels}-channel latents, but the first stage "
                     f"{first_stage.name!r} has {first_stage.latent_channels} channels"
                 )
+        self.context_first_stages = [
+            self.first_stage.with_recorded_tiling(stage.first_stage_info or {}, f"stage {index}")
+            for index, stage in enumerate(self.stages, 1)
+        ]
 
     @classmethod
     def from_pretrained(
@@ -135,7 +140,9 @@ class FMBoostPipeline:
         elif base_pipeline is not None and hasattr(base_pipeline, "vae"):
             from fmboost.first_stage.diffusers_vae import DiffusersVAE
 
-            vae = DiffusersVAE(base_pipeline.vae, source=base)
+            recorded = stages[0].first_stage_info or {}
+            tiling = {key: recorded[key] for key in ("tile_size", "tile_overlap") if key in recorded}
+            vae = DiffusersVAE(base_pipeline.vae, base, subfolder="vae", **tiling)
         else:
             vae = first_stage_from_stage(stages[0])
         return cls(vae, stages, base_pipeline, torch_device, torch_dtype)
@@ -194,11 +201,11 @@ class FMBoostPipeline:
         else:
             z = latents.to(self.device)
         used = []
-        for index, (stage, stage_nfe, stage_solver) in enumerate(
-            zip(self.stages, nfes, solvers, strict=True), 1
+        for index, (stage, context_fs, stage_nfe, stage_solver) in enumerate(
+            zip(self.stages, self.context_first_stages, nfes, solvers, strict=True), 1
         ):
             with self.stopwatch(timings, f"stage_{index}"):
-                solution = stage.upsample(z, fs, stage_nfe, stage_solver, generator)
+                solution = stage.upsample(z, context_fs, stage_nfe, stage_solver, generator)
             z = solution.x1.float()
             used.append(solution.nfe)
         with self.stopwatch(timings, "decode"):

@@ -33,7 +33,9 @@ def build_diffusers(config: "FirstStageConfig") -> FirstStage:
             "first_stage.path: the diffusers first stage needs a directory, hub id or weights file"
         )
     vae = load_autoencoder_kl(config.path, config.config, config.subfolder)
-    return DiffusersVAE(vae, config.path, config.tile_size, config.tile_overlap)
+    return DiffusersVAE(
+        vae, config.path, config.tile_size, config.tile_overlap, config.subfolder, config.config
+    )
 
 
 @FIRST_STAGES.register("taesd")
@@ -55,14 +57,17 @@ def build_first_stage(config: "FirstStageConfig") -> FirstStage:
     return first_stage
 
 
+RECORDED_SETTINGS = ("name", "path", "subfolder", "config", "scale", "shift", "tile_size", "tile_overlap")
+
+
 def build_recorded_first_stage(info: dict) -> FirstStage:
-    """Rebuild a first stage from what :meth:`FirstStage.describe` recorded (manifest or model config)."""
+    """Rebuild exactly the first stage that :meth:`FirstStage.describe` recorded (manifest, model config)."""
     from fmboost.config import FirstStageConfig  # imported here: fmboost.config imports this package
 
-    source = info.get("source")
-    return build_first_stage(
-        FirstStageConfig(name=info["name"], path=None if source in (None, "none") else source)
-    )
+    settings = {key: info[key] for key in RECORDED_SETTINGS if key in info}
+    if "path" not in settings and info.get("source") not in (None, "none"):  # records that kept only a source
+        settings["path"] = info["source"]
+    return build_first_stage(FirstStageConfig(**settings))
 
 
 __all__ = ["FIRST_STAGES", "FirstStage", "build_first_stage", "build_recorded_first_stage"]

@@ -9,13 +9,25 @@ obtained with :meth:`FirstStage.scale_latents` and undone with :meth:`FirstStage
 Large inputs are encoded/decoded in overlapping tiles (see :mod:`fmboost.first_stage.tiling`).
 """
 
+import copy
+import math
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fmboost.errors import WeightsError
 from fmboost.first_stage.tiling import apply_tiled
+
+
+def absolute(path: str | None) -> str | None:
+    """A local path made absolute; hub ids and ``None`` stay as they are."""
+    if path is None:
+        return None
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
 
 
 class FirstStage(nn.Module, ABC):
@@ -28,6 +40,8 @@ class FirstStage(nn.Module, ABC):
         tile_size: tile edge in latent pixels above which encode/decode tile automatically
             (``None``: never tile unless asked).
         tile_overlap: overlap between tiles in latent pixels.
+        path, subfolder, config_file: where the weights (and architecture) came from, as recorded by
+            :meth:`describe`; local paths are made absolute so a record works from any directory.
     """
 
     name: str
@@ -35,11 +49,19 @@ class FirstStage(nn.Module, ABC):
     downsampling_factor: int
 
     def __init__(
-        self, scale: float, shift: float, tile_size: int | None = None, tile_overlap: int = 16
+        self,
+        scale: float,
+        shift: float,
+        tile_size: int | None = None,
+        tile_overlap: int = 16,
+        path: str | None = None,
+        subfolder: str | None = None,
+        config_file: str | None = None,
     ) -> None:
         super().__init__()
         self.scale, self.shift = float(scale), float(shift)
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
+        self.path, self.subfolder, self.config_file = absolute(path), subfolder, absolute(config_file)
 
     @abstractmethod
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -49,20 +71,43 @@ class FirstStage(nn.Module, ABC):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from unscaled latents."""
 
-    def source(self) -> str:
-        """Where the weights came from, for manifests and model configs."""
-        return "none"
-
     def describe(self) -> dict[str, Any]:
-        """Identity of this first stage, recorded wherever latents are stored or consumed."""
+        """Everything that shapes this first stage's latents, recorded wherever latents are stored or used.
+
+        The weights' origin, scale, shift and tiling (tiles change what a large image encodes to), plus
+        the derived latent shape; :func:`fmboost.first_stage.build_recorded_first_stage` rebuilds exactly
+        this first stage from it.
+        """
         return {
             "name": self.name,
-            "source": self.source(),
-            "latent_channels": self.latent_channels,
-            "downsampling_factor": self.downsampling_factor,
+            "path": self.path,
+            "subfolder": self.subfolder,
+            "config": self.config_file,
             "scale": self.scale,
             "shift": self.shift,
+            "tile_size": self.tile_size,
+            "tile_overlap": self.tile_overlap,
+            "latent_channels": self.latent_channels,
+            "downsampling_factor": self.downsampling_factor,
         }
+
+    def with_recorded_tiling(self, record: dict[str, Any], owner: str) -> "FirstStage":
+        """This first stage (weights shared), tiled as ``record`` says: contexts made as in training.
+
+        ``owner`` names the record in errors. A record without tiling (written before FMBoost recorded
+        it) leaves the tiling as it is. Scale and shift must agree: latents move between the two.
+        """
+        for key in ("scale", "shift"):
+            if key in record and not math.isclose(record[key], getattr(self, key), rel_tol=1e-6):
+                raise WeightsError(
+                    f"{owner} was trained on latents with {key} {record[key]}, but the first stage "
+                    f"{self.name!r} uses {getattr(self, key)}"
+                )
+        if "tile_size" not in record:
+            return self
+        view = copy.copy(self)  # shares parameters and submodules with self
+        view.tile_size, view.tile_overlap = record["tile_size"], record["tile_overlap"]
+        return view
 
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return (latents - self.shift) * self.scale

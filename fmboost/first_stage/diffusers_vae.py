@@ -100,23 +100,24 @@ class DiffusersVAE(FirstStage):
     def __init__(
         self,
         vae: AutoencoderKL,
-        source: str,
+        path: str | None,
         tile_size: int | None = 64,
         tile_overlap: int = 16,
+        subfolder: str | None = None,
+        config_file: str | None = None,
     ) -> None:
         super().__init__(
             scale=vae.config.scaling_factor,
             shift=vae.config.get("shift_factor") or 0.0,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
+            path=path,
+            subfolder=subfolder,
+            config_file=config_file,
         )
         self.vae = vae.requires_grad_(False).eval()
-        self._source = source
         self.latent_channels = vae.config.latent_channels
         self.downsampling_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-
-    def source(self) -> str:
-        return self._source
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(images).latent_dist.mode()

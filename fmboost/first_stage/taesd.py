@@ -121,7 +121,9 @@ class TinyAutoencoder(FirstStage):
     downsampling_factor = 8
 
     def __init__(self, directory: str | Path, tile_size: int | None = 64, tile_overlap: int = 16) -> None:
-        super().__init__(scale=1.0, shift=0.0, tile_size=tile_size, tile_overlap=tile_overlap)
+        super().__init__(
+            scale=1.0, shift=0.0, tile_size=tile_size, tile_overlap=tile_overlap, path=str(directory)
+        )
         self.directory = Path(directory).expanduser()
         encoder_path, decoder_path = find_weight_files(self.directory)
         encoder_state = load_state_dict(encoder_path)
@@ -135,9 +137,6 @@ class TinyAutoencoder(FirstStage):
         load_into(self.encoder, encoder_state, encoder_path)
         load_into(self.decoder, decoder_state, decoder_path)
         self.requires_grad_(False).eval()
-
-    def source(self) -> str:
-        return str(self.directory)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder((images + 1) / 2)
