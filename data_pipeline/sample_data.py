@@ -1,10 +1,13 @@
 """Build a small img2dataset-format dataset from the photos that ship inside scikit-image.
 
-No download: the demo and the tests get real photos (an astronaut, a cat, coffee, a rocket, ...) cut
+No download: the demo and the tests get real photos (an astronaut, motorcycles, a retina, ...) cut
 into varied crops, some saved as PNG with transparency, some as WebP, some in greyscale, with
 captions (``.txt``) and img2dataset-style metadata (``.json``)::
 
     python -m data_pipeline.sample_data data/sample     # writes data/sample/shards/0000{0..4}.tar
+
+Shards 0–3 are for training; the last shard is held out: its crops come from other photos (a cat,
+coffee, a rocket) than the training shards, so validation measures images the model never saw.
 """
 
 import argparse
@@ -20,11 +23,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-PHOTOS = {
+TRAINING_PHOTOS = {
     "astronaut.png": "a portrait of an astronaut in a white spacesuit in front of the American flag",
-    "chelsea.png": "a ginger tabby cat looking to the side",
-    "coffee.png": "a cup of coffee on a saucer with a spoon",
-    "rocket.jpg": "a rocket on the launch pad under a blue sky",
     "hubble_deep_field.jpg": "galaxies in the Hubble deep field",
     "ihc.png": "a microscope image of stained tissue",
     "motorcycle_left.png": "a motorcycle in a workshop",
@@ -33,6 +33,12 @@ PHOTOS = {
     "camera.png": "a black and white photo of a man with a camera on a tripod",
     "logo.png": "the scikit-image logo on a transparent background",
 }
+HELD_OUT_PHOTOS = {
+    "chelsea.png": "a ginger tabby cat looking to the side",
+    "coffee.png": "a cup of coffee on a saucer with a spoon",
+    "rocket.jpg": "a rocket on the launch pad under a blue sky",
+}
+PHOTOS = {**TRAINING_PHOTOS, **HELD_OUT_PHOTOS}
 NUM_SHARDS = 5
 SAMPLES_PER_SHARD = 24
 MIN_CROP = 256
@@ -80,16 +86,16 @@ def add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def build_sample_dataset(output: Path, seed: int = 0) -> list[Path]:
-    """Write ``NUM_SHARDS`` tars of ``SAMPLES_PER_SHARD`` samples each; returns their paths."""
+    """Write ``NUM_SHARDS`` tars of ``SAMPLES_PER_SHARD`` samples each (the last one held out); their paths."""
     shard_dir = output / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     photos = {name: Image.open(photo_directory() / name) for name in PHOTOS}
     for image in photos.values():
         image.load()
     rng = random.Random(seed)
-    names = sorted(PHOTOS)
     paths = []
     for shard in range(NUM_SHARDS):
+        names = sorted(HELD_OUT_PHOTOS if shard == NUM_SHARDS - 1 else TRAINING_PHOTOS)
         path = shard_dir / f"{shard:05d}.tar"
         partial = path.with_name(f".{path.name}.partial")
         with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as archive:

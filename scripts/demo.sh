@@ -25,7 +25,7 @@ else
 fi
 SAMPLE=$ROOT/data/sample; LATENTS=$ROOT/data/latents/$LATENT_NAME; RUN=$ROOT/runs/$NAME; RESULTS=$ROOT/results/$NAME
 
-if [ "${FRESH:-0}" = 1 ]; then rm -rf "$LATENTS" "$RUN" "$RESULTS"; fi
+if [ "${FRESH:-0}" = 1 ]; then rm -rf "$SAMPLE" "$LATENTS" "$RUN" "$RESULTS"; fi
 
 declare -A SECONDS_TAKEN=()
 stage() { # stage NAME COMMAND...: run and time one stage

@@ -27,3 +27,13 @@ def test_every_torch_load_in_the_project_is_weights_only():
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(REPO_ROOT)}:{line_number}")
     assert offenders == []
+
+
+def test_no_user_facing_file_names_the_development_machines_shared_folder():
+    """Configs, scripts and the README are what users read; ../shared exists only where we develop."""
+    user_facing = [
+        *(REPO_ROOT / "configs").glob("**/*.yaml"),
+        *(REPO_ROOT / "scripts").glob("*"),
+        REPO_ROOT / "README.md",
+    ]
+    assert [str(p.relative_to(REPO_ROOT)) for p in user_facing if "shared/" in p.read_text()] == []
