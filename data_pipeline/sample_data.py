@@ -86,7 +86,7 @@ def add_file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def build_sample_dataset(output: Path, seed: int = 0) -> list[Path]:
-    """Write ``NUM_SHARDS`` tars of ``SAMPLES_PER_SHARD`` samples each (the last one held out); their paths."""
+    """Write ``NUM_SHARDS`` tars of ``SAMPLES_PER_SHARD`` samples (the last held out); their paths."""
     shard_dir = output / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     photos = {name: Image.open(photo_directory() / name) for name in PHOTOS}

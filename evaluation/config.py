@@ -11,19 +11,21 @@ BENCHMARKS = ("upsampling", "zero_shot")
 METRICS = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip")
 FEATURE_METRICS = ("fid", "pfid_fmboost", "pfid_anyres")
 BASELINES = ("bilinear", "context")
+DEMO_RUN = "runs/demo"  # what `make demo` trains: the default model to evaluate
 
 
 @dataclass
 class EvalRunConfig:
     """What to evaluate, on which data, with which metrics, and where to report.
 
-    ``models`` are FMBoost model directories (``from_pretrained``); for ``zero_shot`` they are the CFM
+    ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
+    default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
     stages, applied in order after ``base``. ``baselines`` need no model: ``bilinear`` resizes the
     low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise.
     """
 
     benchmark: str = "upsampling"
-    models: list[str] = field(default_factory=lambda: ["runs/demo/export"])
+    models: list[str] = field(default_factory=lambda: [DEMO_RUN])
     baselines: list[str] = field(default_factory=lambda: ["bilinear"])
     data: str = "data/latents/sample/shards/000004.tar"
     num_images: int = 64
@@ -68,6 +70,11 @@ def validate_eval_config(config: EvalRunConfig) -> None:
         )
     if not config.models and not config.baselines:
         raise ConfigError("models: nothing to evaluate (no models and no baselines)")
+    if config.models == [DEMO_RUN] and not Path(DEMO_RUN).exists():
+        raise ConfigError(
+            f"models: the default model is the demo run {DEMO_RUN}, which does not exist yet; run "
+            "`make demo` first, or pass models=[DIR] (a model directory, checkpoint or training run)"
+        )
     if any(n < 1 for n in config.nfe) or config.num_images < 1 or config.batch_size < 1:
         raise ConfigError("nfe, num_images and batch_size must be positive")
     if (config.task_index is None) != (config.num_tasks is None):

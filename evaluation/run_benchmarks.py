@@ -71,13 +71,13 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from fmboost.config import to_flat_dict
     from fmboost.devices import resolve_device
     from fmboost.first_stage import build_recorded_first_stage
-    from fmboost.model import FMBoostModel
+    from fmboost.model import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
 
     task, num_tasks = task_split(config)
     device = resolve_device(config.device)
-    model_dirs = [runner.resolve_model_dir(path) for path in config.models]
+    model_dirs = [find_export(path) for path in config.models]
     extractor, clip = load_metric_models(config, device, extractor, clip)
     labels = runner.model_labels(config.models)
     results_dir = Path(config.results_dir)

@@ -353,25 +353,6 @@ def validation_loader(config: EvalRunConfig, model: FMBoostModel | None, task: i
     return make_loader(ValidationStream(dataset, transform, config.batch_size, task, num_tasks), 0), dataset
 
 
-def resolve_model_dir(path: str) -> Path:
-    """A model directory, a checkpoint (its ``export/``), or a run folder (its latest checkpoint's export)."""
-    from fmboost.errors import WeightsError
-    from fmboost.training.checkpointing import EXPORT_DIR, latest_checkpoint
-
-    directory = Path(path).expanduser()
-    if (directory / "config.json").is_file():
-        return directory
-    if (directory / EXPORT_DIR / "config.json").is_file():
-        return directory / EXPORT_DIR
-    if directory.is_dir():
-        latest = latest_checkpoint(directory)
-        if latest is not None:
-            return latest / EXPORT_DIR
-    raise WeightsError(
-        f"models: {directory} is neither an FMBoost model directory nor a training run with a checkpoint"
-    )
-
-
 def reference_like(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     """Reference images at the generated size (antialiased), so crops can be paired."""
     if real.shape[-2:] == generated.shape[-2:]:

@@ -50,6 +50,27 @@ def upgrade_model_section(model: dict[str, Any], version: int) -> dict[str, Any]
     return model
 
 
+def find_export(path: str | Path) -> Path:
+    """The model directory ``path`` names: itself (``save_pretrained`` output), a checkpoint's ``export/``,
+    or the export of a training run's latest complete checkpoint."""
+    from fmboost.training.checkpointing import EXPORT_DIR, latest_checkpoint
+
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise WeightsError(f"{directory} does not exist")
+    if (directory / CONFIG_NAME).is_file() or not directory.is_dir():
+        return directory
+    if (directory / EXPORT_DIR / CONFIG_NAME).is_file():
+        return directory / EXPORT_DIR
+    latest = latest_checkpoint(directory)
+    if latest is not None:
+        return latest / EXPORT_DIR
+    raise WeightsError(
+        f"{directory} is not an FMBoost model directory ({CONFIG_NAME} is missing), nor a checkpoint or "
+        "a training run with a complete checkpoint"
+    )
+
+
 class FMBoostModel(nn.Module):
     """A CFM stage; ``first_stage_info`` records the autoencoder it was trained with (provenance)."""
 
@@ -162,8 +183,8 @@ class FMBoostModel(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "FMBoostModel":
-        """Load a directory written by :meth:`save_pretrained` (no DeepSpeed needed)."""
-        directory = Path(directory).expanduser()
+        """Load a model directory, a checkpoint or a run's latest checkpoint (no DeepSpeed needed)."""
+        directory = find_export(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for required in (config_path, weights_path):
             if not required.is_file():

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -220,3 +221,25 @@ def test_zero_shot_generates_from_captions_and_needs_a_base(tmp_path, setup):
     )
     with pytest.raises(WeightsError, match="no-sd"):
         run(missing_base, extractor=pixel_features)
+
+
+def test_the_default_evaluates_the_demo_run_and_asks_for_make_demo_when_there_is_none(
+    tmp_path, setup, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    assert (
+        "the demo run runs/demo, which does not exist yet; run `make demo` first" in capsys.readouterr().err
+    )
+
+    latents, stage = setup  # lay out a training run as `make demo` leaves it
+    checkpoint = tmp_path / "runs/demo/checkpoints/step_00000004"
+    shutil.copytree(stage, checkpoint / "export")
+    (checkpoint / "COMPLETE").write_text("")
+    (tmp_path / "runs/demo/checkpoints/latest").write_text(checkpoint.name)
+    defaults = [
+        arg for arg in overrides(latents, stage, tmp_path / "r", "nfe=[1]") if not arg.startswith("models=")
+    ]
+    assert main([*defaults, "metrics=[psnr,ssim]"]) == 0
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
+    assert {row["model"] for row in rows} == {"bilinear", "demo"}

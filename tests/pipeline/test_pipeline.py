@@ -126,7 +126,7 @@ def test_tiled_and_untiled_decoding_agree_in_the_pipeline(tmp_path, taef2_dir):
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_sd, stage, taef2_dir, capsys):
-    with pytest.raises(WeightsError, match="config.json is missing"):
+    with pytest.raises(WeightsError, match="missing does not exist"):
         FMBoostPipeline.from_pretrained([tmp_path / "missing"], base=str(tiny_sd))
     with pytest.raises(
         WeightsError, match="stage 1 works on 4-channel latents, but the first stage 'taesd' has 32"
