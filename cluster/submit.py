@@ -20,14 +20,11 @@ from pathlib import Path
 import submitit
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python cluster/submit.py` runs without the package on sys.path
-    sys.path.insert(0, str(REPO_ROOT))
-
-from cluster.jobs import EncodeJob, EvaluationJob, TrainingJob  # noqa: E402
-from fmboost.config import load_config, to_yaml  # noqa: E402
-from fmboost.errors import ConfigError, FMBoostError  # noqa: E402
-from fmboost.tracking import default_tracking_uri  # noqa: E402
+from cluster.jobs import EncodeJob, EvaluationJob, TrainingJob
+from fmboost.cli import report_errors
+from fmboost.config import load_config, to_yaml
+from fmboost.errors import ConfigError
+from fmboost.tracking import default_tracking_uri
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -198,19 +195,15 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
     return 0
 
 
+@report_errors()
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    kind = config_kind(args.config)
+    if args.array is not None and kind == "training":
+        raise ConfigError("--array runs encode or evaluation configs; training uses --nodes/--gpus-per-node")
     try:
-        kind = config_kind(args.config)
-        if args.array is not None and kind == "training":
-            raise ConfigError(
-                "--array runs encode or evaluation configs; training uses --nodes/--gpus-per-node"
-            )
         code = submit_training(args) if kind == "training" else submit_array(args, kind)
-    except FMBoostError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except submitit.core.utils.FailedJobError as error:
         print(f"error: the job failed:\n{error}", file=sys.stderr)
         return 1

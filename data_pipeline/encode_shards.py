@@ -31,9 +31,10 @@ from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejec
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, list_input_shards
 from fmboost import shards as schema
+from fmboost.cli import report_errors
 from fmboost.config import to_yaml
 from fmboost.devices import resolve_device
-from fmboost.errors import ConfigError, FMBoostError
+from fmboost.errors import ConfigError
 from fmboost.first_stage import build_first_stage
 
 logger = logging.getLogger("data_pipeline.encode_shards")
@@ -221,6 +222,7 @@ EPILOG = """config keys (override any with key=value):
 """
 
 
+@report_errors()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_pipeline.encode_shards",
@@ -241,15 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    try:
-        config = load_encode_config(config_path, overrides)
-        if args.print_config:
-            print(to_yaml(config))
-            return 0
-        run(config)
-    except FMBoostError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = load_encode_config(config_path, overrides)
+    if args.print_config:
+        print(to_yaml(config))
+        return 0
+    run(config)
     return 0
 
 

@@ -19,14 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if (
-    str(REPO_ROOT) not in sys.path
-):  # `python evaluation/run_benchmarks.py` runs without the package on sys.path
-    sys.path.insert(0, str(REPO_ROOT))
-
-from evaluation.config import FEATURE_METRICS, EvalRunConfig, load_eval_config  # noqa: E402
-from fmboost.errors import FMBoostError, WeightsError  # noqa: E402
+from evaluation.config import FEATURE_METRICS, EvalRunConfig, load_eval_config
+from fmboost.cli import report_errors
+from fmboost.errors import WeightsError
 
 logger = logging.getLogger("evaluation")
 
@@ -137,6 +132,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     }
 
 
+@report_errors()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python evaluation/run_benchmarks.py",
@@ -151,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        result = run(load_eval_config(args.config, args.overrides))
-    except FMBoostError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run(load_eval_config(args.config, args.overrides))
     if result is not None:
         from evaluation.report import markdown_table
 

@@ -1,13 +1,24 @@
 """User-facing errors.
 
-Command-line entry points catch :class:`FMBoostError` and print its message as one line, so every
-mistake a user can make (a typo in a config key, a weights path that does not exist) is reported
-without a traceback. Programming errors keep raising the usual Python exceptions.
+The library raises :class:`FMBoostError` naming the *parameter* that is wrong (``base``, ``image``,
+``first_stage.path``); each command-line entry point reports it as one line in terms of its own flags
+(see :mod:`fmboost.cli`), so every mistake a user can make is reported without a traceback.
+Programming errors keep raising the usual Python exceptions.
 """
 
 
 class FMBoostError(Exception):
-    """A problem the user can fix; the message says what is wrong and where."""
+    """A problem the user can fix; the message says what is wrong, ``parameter`` where."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.parameter = message, parameter
+
+    def __str__(self) -> str:
+        return f"{self.parameter}: {self.message}" if self.parameter else self.message
+
+    def __reduce__(self):  # keep the parameter when the error crosses processes (submitit pickles it)
+        return type(self), (self.message, self.parameter)
 
 
 class ConfigError(FMBoostError):

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fmboost.cli import report_errors
 from fmboost.config import FirstStageConfig
 from fmboost.errors import FMBoostError
 
@@ -148,14 +149,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+FLAGS = {"base": "--base", "image": "--input-image", "first_stage": "--first-stage"}
+
+
+@report_errors(FLAGS)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        written = run(args)
-    except FMBoostError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    written = run(args)
     print(f"wrote {len(written)} images to {args.out}")
     return 0
 

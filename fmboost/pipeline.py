@@ -47,15 +47,16 @@ def load_base(base: str, device: torch.device, dtype: torch.dtype):
 
     local = Path(base).expanduser()
     if local.exists() and not (local / "model_index.json").is_file():
-        raise WeightsError(f"--base: {local} is not a diffusers pipeline directory (no model_index.json)")
+        raise WeightsError(f"{local} is not a diffusers pipeline directory (no model_index.json)", "base")
     if not local.exists() and not looks_like_hub_id(base):
-        raise WeightsError(f"--base: {local} does not exist")
+        raise WeightsError(f"{local} does not exist", "base")
     try:
         pipeline = DiffusionPipeline.from_pretrained(str(local) if local.exists() else base, dtype=dtype)
     except OSError as error:
         raise WeightsError(
-            f"--base: cannot load a diffusers pipeline from {base!r} ({str(error).splitlines()[0]}); without "
-            "network access, download it first and pass its local directory"
+            f"cannot load a diffusers pipeline from {base!r} ({str(error).splitlines()[0]}); without "
+            "network access, download it first and pass its local directory",
+            "base",
         ) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
@@ -65,7 +66,7 @@ def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
     """Rebuild the first stage a CFM stage recorded at training time (name and weights path)."""
     info = stage.first_stage_info or {}
     if "name" not in info:
-        raise FMBoostError("the stage does not record its first stage; pass one explicitly (--first-stage)")
+        raise FMBoostError("the stage does not record its first stage; pass one explicitly", "first_stage")
     return build_recorded_first_stage(info)
 
 
@@ -84,10 +85,10 @@ def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
         with Image.open(path) as image:
             image = image.convert("RGB")
     except (OSError, ValueError) as error:
-        raise FMBoostError(f"--input-image: {path} is not a readable image ({error})") from None
+        raise FMBoostError(f"{path} is not a readable image ({error})", "image") from None
     width, height = (side - side % size_multiple for side in image.size)
     if width == 0 or height == 0:
-        raise FMBoostError(f"--input-image: {path} is smaller than {size_multiple} px")
+        raise FMBoostError(f"{path} is smaller than {size_multiple} px", "image")
     left, top = (image.width - width) // 2, (image.height - height) // 2
     array = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1
@@ -189,7 +190,9 @@ class FMBoostPipeline:
         fs = self.first_stage
         if prompts is not None:
             if self.base is None:
-                raise FMBoostError("prompts need a base model (--base); to boost an image use --input-image")
+                raise FMBoostError(
+                    "prompts need a base model; to boost an image give images or latents", "base"
+                )
             base_generator = torch.Generator(self.device).manual_seed(seed)
             with self.stopwatch(timings, "base"):
                 z = self.base(

@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
+from fmboost.cli import report_errors
 from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
-from fmboost.errors import FMBoostError
 
 
 def configure_logging(env: DistributedEnv) -> None:
@@ -24,6 +24,7 @@ def configure_logging(env: DistributedEnv) -> None:
     )
 
 
+@report_errors()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fmboost.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -32,13 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = DistributedEnv.from_environ()
     configure_logging(env)
-    try:
-        from fmboost.training.trainer import train
+    from fmboost.training.trainer import train
 
-        result = train(load_config(args.config, args.overrides), env)
-    except FMBoostError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = train(load_config(args.config, args.overrides), env)
     if env.is_main:
         print(f"{result.status} at step {result.step}")
         print(f"exported model: {result.export_dir}")

@@ -37,3 +37,13 @@ def test_no_user_facing_file_names_the_development_machines_shared_folder():
         REPO_ROOT / "README.md",
     ]
     assert [str(p.relative_to(REPO_ROOT)) for p in user_facing if "shared/" in p.read_text()] == []
+
+
+def test_import_fmboost_is_cheap_and_the_main_names_load_on_first_use():
+    code = (
+        "import sys, fmboost; cheap = 'torch' not in sys.modules; "
+        "from fmboost import FMBoostModel, FMBoostPipeline, build_first_stage, load_config, FMBoostError; "
+        "print(cheap, FMBoostModel.__name__, FMBoostPipeline.__name__, callable(build_first_stage))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "True FMBoostModel FMBoostPipeline True\n"

@@ -141,7 +141,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_sd, stage, taef2_dir, capsys
         main(["--stage", str(pixel_stage), "--first-stage", "identity", "--input-image", str(not_an_image)])
         == 2
     )
-    assert "notes.png is not a readable image" in capsys.readouterr().err
+    assert f"error: --input-image: {not_an_image} is not a readable image" in capsys.readouterr().err
     assert main(["--stage", str(stage), "--prompt", "a fox"]) == 2
     assert "--prompt/--prompts-file need --base" in capsys.readouterr().err
     without_base = FMBoostPipeline.from_pretrained(

@@ -1,0 +1,73 @@
+"""Every command: a user's mistake is one line naming the command's own flag, exit code 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmboost.cli import report_errors
+from fmboost.errors import ConfigError, FMBoostError
+
+BIN = Path(sys.executable).parent
+COMMANDS = ["fmboost-encode", "fmboost-train", "fmboost-submit", "fmboost-generate", "fmboost-eval"]
+
+
+def test_library_errors_name_the_parameter_and_the_command_names_its_flag(capsys):
+    @report_errors({"image": "--input-image"})
+    def main(argv):
+        raise FMBoostError("photo.png is not a readable image", "image")
+
+    assert main([]) == 2
+    assert capsys.readouterr().err == "error: --input-image: photo.png is not a readable image\n"
+
+
+def test_parameters_without_a_flag_keep_their_name_and_plain_messages_stay_plain(capsys):
+    @report_errors({"image": "--input-image"})
+    def main(argv):
+        raise ConfigError(argv[0], "train.lr" if len(argv) > 1 else None)
+
+    assert main(["must be positive", "keyed"]) == 2 and main(["something is wrong"]) == 2
+    assert capsys.readouterr().err == "error: train.lr: must be positive\nerror: something is wrong\n"
+
+
+def test_errors_keep_their_parameter_across_processes():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ConfigError("must be positive", "train.lr")))
+    assert isinstance(error, ConfigError) and str(error) == "train.lr: must be positive"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_console_script_is_installed_and_explains_itself(command):
+    result = subprocess.run([BIN / command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_the_documented_script_forms_run_without_editing_sys_path(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    for script in ("cluster/submit.py", "evaluation/run_benchmarks.py"):
+        assert "sys.path.insert" not in (repo / script).read_text()
+        result = subprocess.run(
+            [sys.executable, repo / script, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_cli_mistake_is_one_line_on_stderr_and_exit_code_two(tmp_path):
+    result = subprocess.run(
+        [BIN / "fmboost-train", "configs/cfm_1k.yaml", "train.lrr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: command line: train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?"
+    )
