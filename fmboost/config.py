@@ -1,8 +1,10 @@
 """Typed configuration: OmegaConf YAML validated against dataclasses.
 
 A config file is merged onto the dataclass defaults, then ``section.key=value`` overrides from the
-command line are merged on top. Unknown keys, wrong types and invalid choices raise
-:class:`~fmboost.errors.ConfigError` naming the key, before any job starts.
+command line are merged on top. A file may start from another with ``extends: other.yaml`` (a path
+relative to it): the other file is merged first, so a family of configs shares one recipe. Unknown
+keys, wrong types and invalid choices raise :class:`~fmboost.errors.ConfigError` naming the key,
+before any job starts.
 
 Example:
     >>> config = load_config("configs/cfm_1k.yaml", ["train.lr=1e-4", "flow.nfe=20"])
@@ -192,9 +194,26 @@ def merge_layers(schema: type[T], layers: list[tuple[str, DictConfig | dict]]) -
         raise ConfigError(_describe(error, "config")) from None
 
 
+EXTENDS = "extends"
+
+
+def _read_file_layers(path: Path, children: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The file and, before it, the files it extends (each relative to the file naming it)."""
+    layer = _read_yaml(path)
+    parent = layer.pop(EXTENDS, None)
+    if parent is None:
+        return [(str(path), layer)]
+    parent_path = path.parent / str(parent)
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: {EXTENDS}: {parent_path} does not exist")
+    if parent_path.resolve() in (*children, path.resolve()):
+        raise ConfigError(f"{path}: {EXTENDS}: {parent} extends itself through a cycle")
+    return [*_read_file_layers(parent_path, (*children, path.resolve())), (str(path), layer)]
+
+
 def read_layers(path: str | Path | None, overrides: list[str] | None) -> list[tuple[str, DictConfig]]:
-    """The YAML file (if any) and the command-line overrides, as named layers for :func:`merge_layers`."""
-    layers: list[tuple[str, DictConfig]] = [(str(path), _read_yaml(path))] if path is not None else []
+    """The YAML file (after any it extends) and the overrides, as named layers for :func:`merge_layers`."""
+    layers = _read_file_layers(Path(path)) if path is not None else []
     try:
         layers.append(("command line", _parse_overrides(overrides or [])))
     except OmegaConfBaseException as error:

@@ -142,3 +142,30 @@ def test_periodic_validation_settings_are_checked_like_the_sampler():
     assert (config.eval.solver, config.eval.nfe, config.eval.num_images) == ("euler", 8, 8)
     with pytest.raises(ConfigError, match="eval.nfe: 6 evaluations do not fit the rk4 solver"):
         load_config(None, ["eval.solver=rk4", "eval.nfe=6"])
+
+
+def test_the_two_paper_stages_share_one_recipe_and_differ_only_in_their_data():
+    stage_1, stage_2 = load_config(CONFIGS / "cfm_1k.yaml"), load_config(CONFIGS / "cascade_2k.yaml")
+    for file in ("cfm_1k.yaml", "cascade_2k.yaml"):
+        assert (CONFIGS / file).read_text().count("model:") == 0, "the network is defined once, in the base"
+    assert stage_1.model == stage_2.model and stage_1.flow == stage_2.flow
+    assert stage_1.train.lr == stage_2.train.lr and stage_1.train.run_dir != stage_2.train.run_dir
+    assert (stage_1.data.crop_size, stage_2.data.crop_size) == (None, 128)
+
+
+def test_extends_is_relative_to_the_file_and_later_layers_win(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.yaml").write_text("train:\n  lr: 0.5\n  max_steps: 7\n")
+    (tmp_path / "run.yaml").write_text("extends: recipes/base.yaml\ntrain:\n  max_steps: 9\n")
+    config = load_config(tmp_path / "run.yaml", ["train.lr=0.25"])
+    assert (config.train.lr, config.train.max_steps) == (0.25, 9)
+
+
+def test_a_missing_or_cyclic_base_is_a_clear_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: extends: .*missing.yaml does not exist"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself through a cycle"):
+        load_config(tmp_path / "b.yaml")
