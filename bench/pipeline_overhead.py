@@ -16,11 +16,11 @@ from bench_output import report
 
 from fmboost.config import FlowConfig
 from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
+from fmboost.image_processing import resize_images
 from fmboost.model import FMBoostModel
 from fmboost.models.unet import UNetConfig
 from fmboost.noise_schedule import noise_augment
 from fmboost.pipeline import FMBoostPipeline
-from fmboost.upsampling import resize_images
 
 
 def bare_calls(model: FMBoostModel, vae: DiffusersVAE, z_low: torch.Tensor, nfe: int) -> float:

@@ -7,7 +7,8 @@ import torch
 
 from fmboost.devices import precision_dtype
 from fmboost.first_stage.base import FirstStage
-from fmboost.upsampling import resize_images, upsample_latents
+from fmboost.image_processing import from_uint8, resize_images
+from fmboost.upsampling import upsample_latents
 
 
 class LatentEncoder:
@@ -31,7 +32,7 @@ class LatentEncoder:
 
     @torch.no_grad()
     def encode(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
-        high = crops.to(self.device, non_blocking=True).float() / 127.5 - 1.0
+        high = from_uint8(crops.to(self.device, non_blocking=True))
         low = resize_images(high, (self.low_res, self.low_res)).clamp(-1, 1)
         factor = high.shape[-1] // self.low_res
         with self.autocast():

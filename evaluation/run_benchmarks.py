@@ -66,6 +66,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from fmboost.config import to_flat_dict
     from fmboost.devices import resolve_device
     from fmboost.first_stage import build_recorded_first_stage
+    from fmboost.image_processing import save_grid
     from fmboost.model import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
@@ -103,7 +104,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     parts = results_dir / "parts" / runner.settings_digest(config)
     evaluator.part.save(parts, task)
     if task == 0:
-        runner.save_grid(grid, results_dir / "samples_grid.png")
+        save_grid(grid, results_dir / "samples_grid.png", rows=4)
     merged = runner.merge_parts(parts, num_tasks)
     if merged is None:
         logger.info("task %d/%d done; the last task merges the results", task, num_tasks)

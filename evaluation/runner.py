@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from evaluation.clip_score import ClipScorer
@@ -31,11 +30,10 @@ from fmboost.data import ValidationStream, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
+from fmboost.image_processing import from_uint8, resize_images, to_uint8
 from fmboost.metrics import psnr, ssim
 from fmboost.model import FMBoostModel
-from fmboost.pipeline import to_uint8
 from fmboost.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
-from fmboost.upsampling import resize_images
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +161,7 @@ class Evaluator:
         self.skipped_crops: set[str] = set()
 
     def decode(self, scaled: torch.Tensor) -> torch.Tensor:
-        fs = self.first_stage
-        return fs.decode(fs.unscale_latents(scaled.to(self.device).float())).float().cpu()
+        return self.first_stage.decode_scaled(scaled.to(self.device)).cpu()
 
     def features(self, name: str, images: torch.Tensor) -> None:
         self.part.add_stats(name, self.extractor(images))
@@ -211,7 +208,7 @@ class Evaluator:
             sums.stage_seconds[stage] = sums.stage_seconds.get(stage, 0.0) + seconds
         sums.nfe_used += nfe_used * len(generated)
         if self.config.benchmark == "upsampling":
-            as_float = generated.float() / 127.5 - 1, real.float() / 127.5 - 1
+            as_float = from_uint8(generated), from_uint8(real)
             sums.psnr += psnr(*as_float).sum().item()
             sums.ssim += ssim(*as_float).sum().item()
         if self.clip is not None and captions is not None:
@@ -333,19 +330,6 @@ def result_rows(part: Part, entries: list[Entry], config: EvalRunConfig) -> list
     return rows
 
 
-def save_grid(grid: dict[str, torch.Tensor], path: Path, rows: int = 4) -> Path:
-    """Columns in the order of ``grid`` (low-res, baselines, models, ground truth); one row per sample."""
-    columns = list(grid.values())
-    count = min(rows, *(len(c) for c in columns))
-    size = columns[-1].shape[-2:]
-    tiles = [F.interpolate(column[i : i + 1].float(), size=size, mode="nearest")[0] / 255
-             for i in range(count) for column in columns]  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.stack(tiles), path, nrow=len(columns), padding=2)
-    (path.with_suffix(".txt")).write_text("columns: " + " | ".join(grid) + "\n")
-    return path
-
-
 def validation_loader(config: EvalRunConfig, model: FMBoostModel | None, task: int, num_tasks: int):
     dataset = resolve_dataset(config.data)
     upsampling = model.flow_config.upsampling if model is not None else dataset.manifest.psu_variant
@@ -357,7 +341,7 @@ def reference_like(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     """Reference images at the generated size (antialiased), so crops can be paired."""
     if real.shape[-2:] == generated.shape[-2:]:
         return real
-    return to_uint8(resize_images(real.float() / 127.5 - 1, tuple(generated.shape[-2:])))
+    return to_uint8(resize_images(from_uint8(real), tuple(generated.shape[-2:])))
 
 
 def run_zero_shot(evaluator: Evaluator, entries: list[Entry], pipeline, loader) -> dict[str, torch.Tensor]:

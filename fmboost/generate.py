@@ -84,7 +84,8 @@ def batches(items: list, size: int) -> list[list]:
 def run(args: argparse.Namespace) -> list[Path]:
     import torch
 
-    from fmboost.pipeline import FMBoostPipeline, load_image
+    from fmboost.image_processing import load_image
+    from fmboost.pipeline import FMBoostPipeline
 
     if args.batch_size < 1:
         raise FMBoostError("--batch-size must be positive")

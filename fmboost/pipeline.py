@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -28,6 +27,7 @@ from fmboost.devices import precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage, build_recorded_first_stage
 from fmboost.first_stage.base import FirstStage
+from fmboost.image_processing import to_pil
 from fmboost.model import FMBoostModel
 
 
@@ -68,30 +68,6 @@ def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
     if "name" not in info:
         raise FMBoostError("the stage does not record its first stage; pass one explicitly", "first_stage")
     return build_recorded_first_stage(info)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] → uint8 [B, 3, H, W] on the CPU."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    return [Image.fromarray(array) for array in to_uint8(images).permute(0, 2, 3, 1).numpy()]
-
-
-def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
-    """An image file as [1, 3, H, W] in [-1, 1], centre-cropped to a multiple of ``size_multiple``."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise FMBoostError(f"{path} is not a readable image ({error})", "image") from None
-    width, height = (side - side % size_multiple for side in image.size)
-    if width == 0 or height == 0:
-        raise FMBoostError(f"{path} is smaller than {size_multiple} px", "image")
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    array = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1
 
 
 class FMBoostPipeline:
@@ -200,7 +176,7 @@ class FMBoostPipeline:
                 ).images
         elif images is not None:
             with self.stopwatch(timings, "encode"):
-                z = fs.scale_latents(fs.encode(images.to(self.device)).float())
+                z = fs.encode_scaled(images.to(self.device))
         else:
             z = latents.to(self.device)
         used = []
@@ -212,5 +188,5 @@ class FMBoostPipeline:
             z = solution.x1.float()
             used.append(solution.nfe)
         with self.stopwatch(timings, "decode"):
-            pixels = fs.decode(fs.unscale_latents(z))
+            pixels = fs.decode_scaled(z)
         return PipelineOutput(to_pil(pixels), z.cpu(), timings, used)

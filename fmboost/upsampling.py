@@ -15,23 +15,13 @@ UP is a bilinear resize; downsampling always uses antialiasing.
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from fmboost.first_stage.base import FirstStage
+from fmboost.image_processing import resize_images
 from fmboost.registry import Registry
 
 LatentUpsampler = Callable[[torch.Tensor, FirstStage, int, "torch.Tensor | None"], torch.Tensor]
 UPSAMPLERS: Registry[LatentUpsampler] = Registry("upsampling mode")
-
-
-def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize [B, C, H, W] to ``size``; antialiased whenever an axis shrinks (bilinear/bicubic)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    if mode == "nearest":
-        return F.interpolate(images, size=size, mode="nearest-exact")
-    return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
 def scaled_size(latents: torch.Tensor, factor: int) -> tuple[int, int]:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from fmboost import shards as schema
 from fmboost.errors import FMBoostError
+from fmboost.image_processing import resize_images
 from fmboost.shards import Manifest
-from fmboost.upsampling import resize_images
 
 
 @dataclass

@@ -142,6 +142,14 @@ class FirstStage(nn.Module, ABC):
             return apply_tiled(self._encode, images, tile * f, self.tile_overlap * f, 1.0 / f)
         return self._encode(images)
 
+    def encode_scaled(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled float32 latents of model images in [-1, 1]: what CFM stages consume."""
+        return self.scale_latents(self.encode(images).float())
+
+    def decode_scaled(self, latents: torch.Tensor) -> torch.Tensor:
+        """Model images (float32, not clamped) from scaled latents on any device."""
+        return self.decode(self.unscale_latents(latents.float())).float()
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
         """Images in [-1, 1] from unscaled latents; tiles when larger than ``tile_size``."""

@@ -5,15 +5,14 @@ truth (the stored ``.jpg`` when the shards have it, else the decoded high-res la
 the upsampled context as the honest baseline, and a grid with rows of (low-res | CFM | ground truth).
 """
 
-import itertools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from fmboost.config import EvalConfig
 from fmboost.first_stage.base import FirstStage
+from fmboost.image_processing import from_uint8, save_grid, to_uint8
 from fmboost.metrics import psnr, ssim
 from fmboost.model import FMBoostModel
 
@@ -38,14 +37,11 @@ class Validator:
         self.first_stage, self.settings, self.device, self.seed = first_stage, settings, device, seed
 
     def to_pixels(self, scaled_latents: torch.Tensor) -> torch.Tensor:
-        fs = self.first_stage
-        return (
-            fs.decode(fs.unscale_latents(scaled_latents.to(self.device).float())).float().clamp(-1, 1).cpu()
-        )
+        return self.first_stage.decode_scaled(scaled_latents.to(self.device)).clamp(-1, 1).cpu()
 
     def ground_truth(self) -> torch.Tensor:
         if "images" in self.batch:
-            return self.batch["images"].float() / 127.5 - 1
+            return from_uint8(self.batch["images"])
         return self.to_pixels(self.batch["x1"])
 
     @torch.no_grad()
@@ -69,8 +65,8 @@ class Validator:
             "val/psnr_context": psnr(context, truth).mean().item(),
             "val/ssim_context": ssim(context, truth).mean().item(),
         }
-        rows = list(itertools.chain.from_iterable(zip(low, predicted, truth, strict=True)))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        grid_path = out_dir / f"val_grid_{step:08d}.png"
-        save_image((torch.stack(rows) + 1) / 2, grid_path, nrow=3, padding=2)
-        return metrics, grid_path
+        columns = {"low-res": low, "CFM": predicted, "ground truth": truth}
+        grid = save_grid(
+            {name: to_uint8(images) for name, images in columns.items()}, out_dir / f"val_grid_{step:08d}.png"
+        )
+        return metrics, grid
