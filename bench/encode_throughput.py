@@ -10,6 +10,7 @@ encoding, PSU, ``.npy``/JPEG serialisation, tar writing) on the sample dataset. 
 import argparse
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def main() -> None:
     model_rate = batches * args.batch_size / (time.perf_counter() - started)
 
     result = {
-        "first_stage": first_stage.describe(),
+        "first_stage": asdict(first_stage.record()),
         "device": str(encoder.device),
         "high_res": args.high_res,
         "batch_size": args.batch_size,

@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 from bench_output import report
 
-from fmboost.config import FlowConfig
+from fmboost.config import FlowConfig, UNetConfig
 from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
 from fmboost.image_processing import resize_images
 from fmboost.model import FMBoostModel
-from fmboost.models.unet import UNetConfig
 from fmboost.noise_schedule import noise_augment
 from fmboost.pipeline import FMBoostPipeline
 
@@ -63,7 +62,7 @@ def main() -> None:
         num_heads=None,
         head_channels=32,
     )
-    model = FMBoostModel(unet, FlowConfig(nfe=args.nfe, solver="euler"), vae.describe())
+    model = FMBoostModel(unet, FlowConfig(nfe=args.nfe, solver="euler"), vae.record())
     pipeline = FMBoostPipeline(vae, [model], device="cpu", dtype="fp32")
     z_low = torch.randn(1, 4, args.latent, args.latent)
 

@@ -52,7 +52,7 @@ def describe_dataset(config: EncodeConfig, first_stage: FirstStage, shards: list
     """The manifest of ``config``'s output, with no shard completed yet."""
     factor = first_stage.downsampling_factor
     return Manifest(
-        first_stage=first_stage.describe(),
+        first_stage=first_stage.record(),
         high_res=config.high_res,
         low_res=config.low_res,
         latent_channels=first_stage.latent_channels,

@@ -65,7 +65,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from evaluation.report import write_results
     from fmboost.config import to_flat_dict
     from fmboost.devices import resolve_device
-    from fmboost.first_stage import build_recorded_first_stage
+    from fmboost.first_stage import build_first_stage
     from fmboost.image_processing import save_grid
     from fmboost.model import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
@@ -84,7 +84,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
             for label, path in zip(labels, model_dirs, strict=True)
         }
         loader, dataset = runner.validation_loader(config, next(iter(models.values()), None), task, num_tasks)
-        first_stage = build_recorded_first_stage(dataset.manifest.first_stage)
+        first_stage = build_first_stage(dataset.manifest.first_stage)
         for model in models.values():
             model.check_first_stage(first_stage)
         entries = runner.sweep_entries(config, list(models))

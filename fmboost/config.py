@@ -6,6 +6,10 @@ relative to it): the other file is merged first, so a family of configs shares o
 keys, wrong types and invalid choices raise :class:`~fmboost.errors.ConfigError` naming the key,
 before any job starts.
 
+This module is a leaf: it defines the sections and how they merge, and imports no component. Each
+component checks its own section (``validate_unet``, ``validate_flow``, ``validate_first_stage``,
+``validate_training``), called by :func:`validate`.
+
 Example:
     >>> config = load_config("configs/cfm_1k.yaml", ["train.lr=1e-4", "flow.nfe=20"])
     >>> config.train.lr
@@ -21,12 +25,38 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fmboost.errors import ConfigError
-from fmboost.first_stage import FIRST_STAGES
-from fmboost.models.unet import UNetConfig
-from fmboost.noise_schedule import NUM_STEPS
-from fmboost.objectives import OBJECTIVES
-from fmboost.sampling import SOLVERS, is_valid_nfe
-from fmboost.upsampling import UPSAMPLERS
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of :class:`fmboost.models.unet.UNet`; the defaults are the released code's network.
+
+    ``in_channels`` is derived by :class:`fmboost.model.FMBoostModel` from the objective and the latent
+    channels (``out_channels``) unless set. ``attention_resolutions`` are downsampling factors (1 =
+    input size); with ``len(channel_mult)`` levels only 1, 2, …, 2^(levels−1) exist. ``num_heads`` ×
+    ``head_channels`` is the inner width of every attention layer (``num_heads=None``: one head per
+    ``head_channels`` channels). ``time_scale`` multiplies t ∈ [0, 1] before the sinusoidal embedding.
+    """
+
+    in_channels: int | None = None
+    out_channels: int = 4
+    model_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    num_res_blocks: int = 3
+    attention_resolutions: list[int] = field(default_factory=lambda: [8])
+    num_heads: int | None = 4
+    head_channels: int = 64
+    dropout: float = 0.0
+    norm_groups: int = 32
+    time_scale: float = 1.0
+
+    def downsampling_factors(self) -> list[int]:
+        """The factors the levels run at: 1, 2, …, 2^(levels−1)."""
+        return [2**level for level in range(len(self.channel_mult))]
+
+    def attention_heads(self, channels: int) -> int:
+        """Heads of the attention layer in a level with ``channels`` channels."""
+        return self.num_heads if self.num_heads is not None else channels // self.head_channels
 
 
 @dataclass
@@ -45,7 +75,13 @@ class FlowConfig:
 
 @dataclass
 class FirstStageConfig:
-    """Which frozen autoencoder maps images to latents (see :mod:`fmboost.first_stage`)."""
+    """Which frozen autoencoder maps images to latents, and how (see :mod:`fmboost.first_stage`).
+
+    The same type is the *record* of a first stage: :meth:`FirstStage.record` fills in everything
+    (absolute paths, the actual scale and shift, the tiling); encoding stores it in the manifest, a
+    trained model carries it in its ``config.json``, and ``build_first_stage(record)`` rebuilds exactly
+    that first stage, so inference computes the latents and contexts training saw.
+    """
 
     name: str = "identity"
     path: str | None = None
@@ -55,6 +91,19 @@ class FirstStageConfig:
     shift: float | None = None
     tile_size: int | None = 64
     tile_overlap: int = 16
+
+    @classmethod
+    def from_record(cls, record: "dict[str, Any] | FirstStageConfig") -> "FirstStageConfig":
+        """The record as a manifest or model config stores it (JSON); unknown keys are derived data.
+
+        Records written before the path had its own key named it ``source``.
+        """
+        if isinstance(record, FirstStageConfig):
+            return record
+        fields = {key: value for key, value in record.items() if key in cls.__dataclass_fields__}
+        if "path" not in fields and record.get("source") not in (None, "none"):
+            fields["path"] = record["source"]
+        return cls(**fields)
 
 
 @dataclass
@@ -233,99 +282,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return merge_config(read_layers(path, overrides))
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a :class:`ConfigError` naming ``key`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
 
 def validate(config: FMBoostConfig) -> None:
-    """Checks across keys that types alone cannot express; the first problem found is raised."""
-    flow, model = config.flow, config.model
-    objective = OBJECTIVES.get(flow.objective, "flow.objective")()
-    UPSAMPLERS.get(flow.upsampling, "flow.upsampling")
-    FIRST_STAGES.get(config.first_stage.name, "first_stage.name")
-    _require(
-        flow.solver in SOLVERS,
-        "flow.solver",
-        f"unknown solver {flow.solver!r}; choose one of {', '.join(SOLVERS)}",
-    )
-    _require(
-        is_valid_nfe(flow.solver, flow.nfe),
-        "flow.nfe",
-        f"{flow.nfe} evaluations do not fit the {flow.solver} solver",
-    )
-    evaluation = config.eval
-    _require(evaluation.solver in SOLVERS, "eval.solver", f"unknown solver {evaluation.solver!r}")
-    _require(
-        is_valid_nfe(evaluation.solver, evaluation.nfe),
-        "eval.nfe",
-        f"{evaluation.nfe} evaluations do not fit the {evaluation.solver} solver",
-    )
-    _require(evaluation.num_images > 0, "eval.num_images", "must be positive")
-    _require(0 <= flow.noise_aug_step < NUM_STEPS, "flow.noise_aug_step", f"must lie in [0, {NUM_STEPS - 1}]")
-    _require(flow.scale_factor >= 1, "flow.scale_factor", "must be at least 1")
-    expected_in = objective.input_channels(model.out_channels)
-    _require(
-        model.in_channels == expected_in,
-        "model.in_channels",
-        f"the {flow.objective} objective feeds {expected_in} channels for "
-        f"{model.out_channels}-channel latents (model.out_channels), got {model.in_channels}",
-    )
-    _require(
-        all(m > 0 for m in model.channel_mult) and model.channel_mult,
-        "model.channel_mult",
-        "needs positive entries",
-    )
-    for mult in model.channel_mult:
-        _require(
-            (mult * model.model_channels) % model.norm_groups == 0,
-            "model.norm_groups",
-            f"{mult * model.model_channels} channels do not split into {model.norm_groups} groups",
-        )
-    validate_attention(model)
-    _require(model.time_scale > 0, "model.time_scale", "must be positive")
-    _require(config.train.grad_clip >= 0, "train.grad_clip", "must not be negative (0 turns clipping off)")
-    _require(
-        config.train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}"
-    )
-    _require(config.first_stage.tile_overlap >= 0, "first_stage.tile_overlap", "must not be negative")
-    _require(
-        config.train.resume in ("auto", "never") or Path(config.train.resume).is_dir(),
-        "train.resume",
-        f"use auto, never or the directory of a checkpoint ({config.train.resume!r} is none of these)",
-    )
-    for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
-        _require(getattr(config.train, key) > 0, f"train.{key}", "must be positive")
+    """Checks that types alone cannot express, each by the component that owns the section.
 
+    The components are imported here, not at the top, so that this module stays a leaf.
+    """
+    from fmboost.first_stage import validate_first_stage
+    from fmboost.models.unet import validate_unet
+    from fmboost.objectives import validate_flow
+    from fmboost.training import validate_training
 
-def validate_attention(model: UNetConfig) -> None:
-    """Attention only at factors the levels reach, with heads that fit every attention layer."""
-    factors = model.downsampling_factors()
-    unreachable = [f for f in model.attention_resolutions if f not in factors]
-    _require(
-        not unreachable,
-        "model.attention_resolutions",
-        f"factor(s) {unreachable} never occur with {len(model.channel_mult)} levels "
-        f"(factors {', '.join(map(str, factors))})",
-    )
-    _require(model.head_channels > 0, "model.head_channels", "must be positive")
-    if model.num_heads is not None:
-        _require(
-            model.num_heads > 0, "model.num_heads", "must be positive (or null: one head per head_channels)"
-        )
-        return
-    widths = {model.model_channels * model.channel_mult[-1]}  # the middle block always attends
-    widths |= {
-        model.model_channels * m
-        for m, f in zip(model.channel_mult, factors, strict=True)
-        if f in model.attention_resolutions
-    }
-    for width in sorted(widths):
-        _require(
-            width % model.head_channels == 0,
-            "model.head_channels",
-            f"{width} channels do not split into heads of {model.head_channels} (or set model.num_heads)",
-        )
+    validate_flow(config.flow, config.model)
+    validate_unet(config.model)
+    validate_first_stage(config.first_stage)
+    validate_training(config)
 
 
 def to_yaml(config: FMBoostConfig) -> str:

@@ -11,7 +11,7 @@ All latents passed in or returned are *scaled* (the convention of diffusers LDM 
 """
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fmboost.config import FlowConfig, FMBoostConfig, merge_config
+from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConfig, merge_config
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
-from fmboost.models.unet import UNet, UNetConfig
-from fmboost.objectives import OBJECTIVES
+from fmboost.models.unet import UNet
+from fmboost.objectives import OBJECTIVES, network_input_channels, validate_flow
 from fmboost.sampling import ODESolution
 from fmboost.upsampling import upsample_latents
 
@@ -72,22 +72,28 @@ def find_export(path: str | Path) -> Path:
 
 
 class FMBoostModel(nn.Module):
-    """A CFM stage; ``first_stage_info`` records the autoencoder it was trained with (provenance)."""
+    """A CFM stage; ``first_stage`` records the first stage its training latents were made with.
+
+    The U-Net's input channels are derived from the objective (latent and context concatenated for
+    flow matching, the context alone for regression).
+    """
 
     def __init__(
-        self, unet: UNetConfig, flow: FlowConfig, first_stage_info: dict[str, Any] | None = None
+        self, unet: UNetConfig, flow: FlowConfig, first_stage: FirstStageConfig | dict | None = None
     ) -> None:
         super().__init__()
-        self.unet_config, self.flow_config = unet, flow
-        self.first_stage_info = first_stage_info
-        self.net = UNet(unet)
+        validate_flow(flow, unet)
+        self.unet_config = replace(unet, in_channels=network_input_channels(flow, unet))
+        self.flow_config = flow
+        self.first_stage = FirstStageConfig.from_record(first_stage) if first_stage is not None else None
+        self.net = UNet(self.unet_config)
         self.objective = OBJECTIVES.get(flow.objective, "flow.objective")(flow.noise_aug_step)
 
     @classmethod
     def from_config(
-        cls, config: FMBoostConfig, first_stage_info: dict[str, Any] | None = None
+        cls, config: FMBoostConfig, first_stage: FirstStageConfig | dict | None = None
     ) -> "FMBoostModel":
-        return cls(config.model, config.flow, first_stage_info)
+        return cls(config.model, config.flow, first_stage)
 
     @property
     def latent_channels(self) -> int:
@@ -163,7 +169,7 @@ class FMBoostModel(nn.Module):
             "format_version": FORMAT_VERSION,
             "model": asdict(self.unet_config),
             "flow": asdict(self.flow_config),
-            "first_stage": self.first_stage_info,
+            "first_stage": asdict(self.first_stage) if self.first_stage is not None else None,
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -25,7 +25,7 @@ from PIL import Image
 from fmboost.config import FirstStageConfig
 from fmboost.devices import precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
-from fmboost.first_stage import build_first_stage, build_recorded_first_stage
+from fmboost.first_stage import build_first_stage
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import to_pil
 from fmboost.model import FMBoostModel
@@ -63,11 +63,10 @@ def load_base(base: str, device: torch.device, dtype: torch.dtype):
 
 
 def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
-    """Rebuild the first stage a CFM stage recorded at training time (name and weights path)."""
-    info = stage.first_stage_info or {}
-    if "name" not in info:
+    """Rebuild the first stage a CFM stage recorded at training time."""
+    if stage.first_stage is None:
         raise FMBoostError("the stage does not record its first stage; pass one explicitly", "first_stage")
-    return build_recorded_first_stage(info)
+    return build_first_stage(stage.first_stage)
 
 
 class FMBoostPipeline:
@@ -95,7 +94,9 @@ class FMBoostPipeline:
                     f"{first_stage.name!r} has {first_stage.latent_channels} channels"
                 )
         self.context_first_stages = [
-            self.first_stage.with_recorded_tiling(stage.first_stage_info or {}, f"stage {index}")
+            self.first_stage
+            if stage.first_stage is None
+            else self.first_stage.with_recorded_tiling(stage.first_stage, f"stage {index}")
             for index, stage in enumerate(self.stages, 1)
         ]
 
@@ -117,9 +118,8 @@ class FMBoostPipeline:
         elif base_pipeline is not None and hasattr(base_pipeline, "vae"):
             from fmboost.first_stage.diffusers_vae import DiffusersVAE
 
-            recorded = stages[0].first_stage_info or {}
-            tiling = {key: recorded[key] for key in ("tile_size", "tile_overlap") if key in recorded}
-            vae = DiffusersVAE(base_pipeline.vae, base, subfolder="vae", **tiling)
+            recorded = stages[0].first_stage or FirstStageConfig()
+            vae = DiffusersVAE(base_pipeline.vae, base, recorded.tile_size, recorded.tile_overlap, "vae")
         else:
             vae = first_stage_from_stage(stages[0])
         return cls(vae, stages, base_pipeline, torch_device, torch_dtype)

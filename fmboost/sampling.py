@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
+from fmboost.config import require
 from fmboost.errors import ConfigError
 
 VelocityField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -66,6 +67,16 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
             f"multiple of {per_step}; got {nfe}"
         )
     return nfe // per_step
+
+
+def validate_solver(solver: str, nfe: int, section: str) -> None:
+    """``section.solver`` is known and ``section.nfe`` is a budget it can spend exactly."""
+    require(
+        solver in SOLVERS,
+        f"{section}.solver",
+        f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}",
+    )
+    require(is_valid_nfe(solver, nfe), f"{section}.nfe", f"{nfe} evaluations do not fit the {solver} solver")
 
 
 def is_valid_nfe(solver: str, nfe: int) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fmboost.config import FirstStageConfig
 from fmboost.errors import FMBoostError
 
 SCHEMA_VERSION = 1
@@ -99,7 +100,7 @@ class ShardStats:
 class Manifest:
     """Dataset-level description; ``totals`` sums the stats of the completed shards."""
 
-    first_stage: dict[str, Any]
+    first_stage: FirstStageConfig
     high_res: int
     low_res: int
     latent_channels: int
@@ -114,13 +115,16 @@ class Manifest:
     dtype: str = STORAGE_DTYPE
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        self.first_stage = FirstStageConfig.from_record(self.first_stage)
+
     @property
     def scale(self) -> float:
-        return float(self.first_stage["scale"])
+        return float(self.first_stage.scale)
 
     @property
     def shift(self) -> float:
-        return float(self.first_stage["shift"])
+        return float(self.first_stage.shift)
 
     @property
     def scale_factor(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fmboost.models.unet import UNetConfig  # noqa: E402
+from fmboost.config import UNetConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FMBOOST_SHARED", REPO_ROOT.parent / "shared"))

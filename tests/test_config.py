@@ -4,6 +4,7 @@ import pytest
 
 from fmboost.config import FMBoostConfig, load_config, to_flat_dict, to_yaml
 from fmboost.errors import ConfigError
+from fmboost.model import FMBoostModel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -15,11 +16,9 @@ def test_shipped_configs_load_and_validate(name):
 
 def test_paper_recipe_has_the_paper_hyper_parameters():
     config = load_config(CONFIGS / "cfm_1k.yaml")
-    assert (config.model.in_channels, config.model.model_channels, config.model.channel_mult) == (
-        8,
-        128,
-        [1, 2, 4, 8],
-    )
+    assert (config.model.model_channels, config.model.channel_mult) == (128, [1, 2, 4, 8])
+    assert config.model.in_channels is None, "derived from the objective: 2 × 4 latent channels"
+    assert FMBoostModel.from_config(config).unet_config.in_channels == 8
     assert (config.model.num_res_blocks, config.model.attention_resolutions) == (3, [8])
     assert (config.model.num_heads, config.model.head_channels, config.model.time_scale) == (4, 64, 1.0)
     assert config.train.grad_clip == 0.0, "the released trainer does not clip gradients"

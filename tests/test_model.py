@@ -12,7 +12,7 @@ from tests.conftest import tiny_unet_config
 
 def tiny_model(**flow) -> FMBoostModel:
     torch.manual_seed(0)
-    model = FMBoostModel(tiny_unet_config(), FlowConfig(nfe=4, **flow), IdentityFirstStage().describe())
+    model = FMBoostModel(tiny_unet_config(), FlowConfig(nfe=4, **flow), IdentityFirstStage().record())
     for parameter in model.net.parameters():  # a "trained" model: non-zero output
         torch.nn.init.normal_(parameter, std=0.05)
     return model
@@ -50,7 +50,7 @@ def test_save_and_from_pretrained_round_trip_without_deepspeed(tmp_path):
     loaded = FMBoostModel.from_pretrained(tmp_path / "export")
     assert loaded.flow_config == model.flow_config and loaded.unet_config == model.unet_config
     assert loaded.objective.noise_aug_step == 250
-    assert loaded.first_stage_info["name"] == "identity"
+    assert loaded.first_stage == IdentityFirstStage().record()
     z_low = torch.rand(1, 3, 8, 8)
     expected = model.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(1)).x1
     actual = loaded.upsample(z_low, IdentityFirstStage(), generator=torch.Generator().manual_seed(1)).x1

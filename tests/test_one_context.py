@@ -16,7 +16,7 @@ from data_pipeline.encode_shards import run
 from fmboost.config import FlowConfig
 from fmboost.data import ValidationStream, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
-from fmboost.first_stage import build_recorded_first_stage
+from fmboost.first_stage import build_first_stage
 from fmboost.model import FMBoostModel
 from fmboost.pipeline import FMBoostPipeline
 from tests.conftest import REPO_ROOT, SHARED, photo, tiny_unet_config
@@ -63,7 +63,7 @@ def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_the_manifest_records_the_tiling_the_contexts_were_made_with(encoded):
     dataset, batch = encoded
     record = dataset.manifest.first_stage
-    assert (record["tile_size"], record["tile_overlap"], record["scale"], record["shift"]) == (
+    assert (record.tile_size, record.tile_overlap, record.scale, record.shift) == (
         128,
         16,
         1.0,
@@ -75,7 +75,7 @@ def test_the_manifest_records_the_tiling_the_contexts_were_made_with(encoded):
 def test_the_model_rebuilds_the_stored_context_from_its_recorded_first_stage(encoded):
     dataset, batch = encoded
     model = FMBoostModel(tiny_unet_config(32), FlowConfig(), dataset.manifest.first_stage)
-    first_stage = build_recorded_first_stage(model.first_stage_info)
+    first_stage = build_first_stage(model.first_stage)
     rebuilt = model.prepare_context(batch["z_low"], first_stage)
     assert largest_difference(rebuilt, batch["z_up"]) < FP16_ROUNDING
 

@@ -47,3 +47,12 @@ def test_import_fmboost_is_cheap_and_the_main_names_load_on_first_use():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout == "True FMBoostModel FMBoostPipeline True\n"
+
+
+def test_the_config_module_is_a_leaf_that_imports_no_component():
+    code = (
+        "import sys, fmboost.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('fmboost.') or m == 'torch'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "['fmboost.config', 'fmboost.errors']\n"

@@ -81,9 +81,9 @@ def check_compatible(
             f"{manifest.low_res_latent}² → {manifest.high_res_latent}² pairs (×{manifest.scale_factor}), "
             f"but flow.scale_factor is {scale_factor}"
         )
-    if first_stage_name is not None and manifest.first_stage["name"] != first_stage_name:
+    if first_stage_name is not None and manifest.first_stage.name != first_stage_name:
         problems.append(
-            f"first stage {manifest.first_stage['name']!r}, but the config names {first_stage_name!r}"
+            f"first stage {manifest.first_stage.name!r}, but the config names {first_stage_name!r}"
         )
     if problems:
         raise FMBoostError("latent shards do not fit the model: " + "; ".join(problems))
@@ -155,7 +155,7 @@ class SampleTransform:
         low_top, low_left, low_size = top // factor, left // factor, size // factor
         out["z_low"] = out["z_low"][:, low_top : low_top + low_size, low_left : low_left + low_size]
         if "image" in out:
-            pixels = self.manifest.first_stage["downsampling_factor"]
+            pixels = self.manifest.high_res // self.manifest.high_res_latent
             out["image"] = out["image"][
                 :, top * pixels : (top + size) * pixels, left * pixels : (left + size) * pixels
             ]

@@ -5,27 +5,33 @@ should stay cheap for users who never touch a VAE.
 """
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from fmboost.config import FirstStageConfig, require
 from fmboost.errors import ConfigError
 from fmboost.first_stage.base import FirstStage
 from fmboost.registry import Registry
 
-if TYPE_CHECKING:
-    from fmboost.config import FirstStageConfig
-
 FIRST_STAGES: "Registry[Callable[[FirstStageConfig], FirstStage]]" = Registry("first stage")
 
 
+def validate_first_stage(section: FirstStageConfig, key: str = "first_stage") -> None:
+    """A known first stage with a sensible tiling."""
+    FIRST_STAGES.get(section.name, f"{key}.name")
+    require(
+        section.tile_size is None or section.tile_size > 0, f"{key}.tile_size", "must be positive or null"
+    )
+    require(section.tile_overlap >= 0, f"{key}.tile_overlap", "must not be negative")
+
+
 @FIRST_STAGES.register("identity")
-def build_identity(config: "FirstStageConfig") -> FirstStage:
+def build_identity(config: FirstStageConfig) -> FirstStage:
     from fmboost.first_stage.identity import IdentityFirstStage
 
     return IdentityFirstStage()
 
 
 @FIRST_STAGES.register("diffusers")
-def build_diffusers(config: "FirstStageConfig") -> FirstStage:
+def build_diffusers(config: FirstStageConfig) -> FirstStage:
     from fmboost.first_stage.diffusers_vae import DiffusersVAE, load_autoencoder_kl
 
     if not config.path:
@@ -39,7 +45,7 @@ def build_diffusers(config: "FirstStageConfig") -> FirstStage:
 
 
 @FIRST_STAGES.register("taesd")
-def build_taesd(config: "FirstStageConfig") -> FirstStage:
+def build_taesd(config: FirstStageConfig) -> FirstStage:
     from fmboost.first_stage.taesd import TinyAutoencoder
 
     if not config.path:
@@ -47,8 +53,13 @@ def build_taesd(config: "FirstStageConfig") -> FirstStage:
     return TinyAutoencoder(config.path, config.tile_size, config.tile_overlap)
 
 
-def build_first_stage(config: "FirstStageConfig") -> FirstStage:
-    """The first stage a config describes, frozen; the config's scale/shift override its own."""
+def build_first_stage(config: FirstStageConfig | dict) -> FirstStage:
+    """The first stage a config or a stored record describes, frozen; its scale/shift override the model's.
+
+    A record written by :meth:`FirstStage.record` (a manifest's or a model's) rebuilds exactly that
+    first stage: the same weights, scale, shift and tiling.
+    """
+    config = FirstStageConfig.from_record(config)
     first_stage = FIRST_STAGES.get(config.name, "first_stage.name")(config)
     if config.scale is not None:
         first_stage.scale = float(config.scale)
@@ -57,17 +68,4 @@ def build_first_stage(config: "FirstStageConfig") -> FirstStage:
     return first_stage
 
 
-RECORDED_SETTINGS = ("name", "path", "subfolder", "config", "scale", "shift", "tile_size", "tile_overlap")
-
-
-def build_recorded_first_stage(info: dict) -> FirstStage:
-    """Rebuild exactly the first stage that :meth:`FirstStage.describe` recorded (manifest, model config)."""
-    from fmboost.config import FirstStageConfig  # imported here: fmboost.config imports this package
-
-    settings = {key: info[key] for key in RECORDED_SETTINGS if key in info}
-    if "path" not in settings and info.get("source") not in (None, "none"):  # records that kept only a source
-        settings["path"] = info["source"]
-    return build_first_stage(FirstStageConfig(**settings))
-
-
-__all__ = ["FIRST_STAGES", "FirstStage", "build_first_stage", "build_recorded_first_stage"]
+__all__ = ["FIRST_STAGES", "FirstStage", "build_first_stage", "validate_first_stage"]

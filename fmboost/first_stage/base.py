@@ -13,11 +13,11 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from fmboost.config import FirstStageConfig
 from fmboost.errors import WeightsError
 from fmboost.first_stage.tiling import apply_tiled
 
@@ -41,7 +41,7 @@ class FirstStage(nn.Module, ABC):
             (``None``: never tile unless asked).
         tile_overlap: overlap between tiles in latent pixels.
         path, subfolder, config_file: where the weights (and architecture) came from, as recorded by
-            :meth:`describe`; local paths are made absolute so a record works from any directory.
+            :meth:`record`; local paths are made absolute so a record works from any directory.
     """
 
     name: str
@@ -71,42 +71,37 @@ class FirstStage(nn.Module, ABC):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from unscaled latents."""
 
-    def describe(self) -> dict[str, Any]:
-        """Everything that shapes this first stage's latents, recorded wherever latents are stored or used.
+    def record(self) -> FirstStageConfig:
+        """Everything that shapes this first stage's latents, stored wherever latents are stored or used.
 
-        The weights' origin, scale, shift and tiling (tiles change what a large image encodes to), plus
-        the derived latent shape; :func:`fmboost.first_stage.build_recorded_first_stage` rebuilds exactly
-        this first stage from it.
+        The weights' origin, scale, shift and tiling (tiles change what a large image encodes to);
+        :func:`fmboost.first_stage.build_first_stage` rebuilds exactly this first stage from it.
         """
-        return {
-            "name": self.name,
-            "path": self.path,
-            "subfolder": self.subfolder,
-            "config": self.config_file,
-            "scale": self.scale,
-            "shift": self.shift,
-            "tile_size": self.tile_size,
-            "tile_overlap": self.tile_overlap,
-            "latent_channels": self.latent_channels,
-            "downsampling_factor": self.downsampling_factor,
-        }
+        return FirstStageConfig(
+            name=self.name,
+            path=self.path,
+            config=self.config_file,
+            subfolder=self.subfolder,
+            scale=self.scale,
+            shift=self.shift,
+            tile_size=self.tile_size,
+            tile_overlap=self.tile_overlap,
+        )
 
-    def with_recorded_tiling(self, record: dict[str, Any], owner: str) -> "FirstStage":
+    def with_recorded_tiling(self, record: FirstStageConfig, owner: str) -> "FirstStage":
         """This first stage (weights shared), tiled as ``record`` says: contexts made as in training.
 
-        ``owner`` names the record in errors. A record without tiling (written before FMBoost recorded
-        it) leaves the tiling as it is. Scale and shift must agree: latents move between the two.
+        ``owner`` names the record in errors. Scale and shift must agree: latents move between the two.
         """
         for key in ("scale", "shift"):
-            if key in record and not math.isclose(record[key], getattr(self, key), rel_tol=1e-6):
+            recorded = getattr(record, key)
+            if recorded is not None and not math.isclose(recorded, getattr(self, key), rel_tol=1e-6):
                 raise WeightsError(
-                    f"{owner} was trained on latents with {key} {record[key]}, but the first stage "
+                    f"{owner} was trained on latents with {key} {recorded}, but the first stage "
                     f"{self.name!r} uses {getattr(self, key)}"
                 )
-        if "tile_size" not in record:
-            return self
         view = copy.copy(self)  # shares parameters and submodules with self
-        view.tile_size, view.tile_overlap = record["tile_size"], record["tile_overlap"]
+        view.tile_size, view.tile_overlap = record.tile_size, record.tile_overlap
         return view
 
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:

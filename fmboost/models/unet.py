@@ -16,41 +16,50 @@ Every attention layer has the same inner width ``num_heads · head_channels`` (t
 """
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmboost.config import UNetConfig, require
 
-@dataclass
-class UNetConfig:
-    """Architecture of :class:`UNet`; the defaults are the released code's network.
 
-    ``attention_resolutions`` are downsampling factors (1 = input size); with ``len(channel_mult)``
-    levels only the factors 1, 2, …, 2^(levels−1) exist. ``num_heads`` × ``head_channels`` is the inner
-    width of every attention layer (``num_heads=None``: one head per ``head_channels`` channels).
-    """
-
-    in_channels: int = 8
-    out_channels: int = 4
-    model_channels: int = 128
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    num_res_blocks: int = 3
-    attention_resolutions: list[int] = field(default_factory=lambda: [8])
-    num_heads: int | None = 4
-    head_channels: int = 64
-    dropout: float = 0.0
-    norm_groups: int = 32
-    time_scale: float = 1.0
-
-    def downsampling_factors(self) -> list[int]:
-        """The factors the levels run at: 1, 2, …, 2^(levels−1)."""
-        return [2**level for level in range(len(self.channel_mult))]
-
-    def attention_heads(self, channels: int) -> int:
-        """Heads of the attention layer in a level with ``channels`` channels."""
-        return self.num_heads if self.num_heads is not None else channels // self.head_channels
+def validate_unet(model: UNetConfig) -> None:
+    """The ``model`` section: positive sizes that split into groups, and attention that fits."""
+    require(bool(model.channel_mult) and all(m > 0 for m in model.channel_mult), "model.channel_mult",
+            "needs positive entries")  # fmt: skip
+    for key in ("out_channels", "model_channels", "num_res_blocks", "norm_groups"):
+        require(getattr(model, key) > 0, f"model.{key}", "must be positive")
+    for mult in model.channel_mult:
+        require(
+            (mult * model.model_channels) % model.norm_groups == 0,
+            "model.norm_groups",
+            f"{mult * model.model_channels} channels do not split into {model.norm_groups} groups",
+        )
+    require(model.time_scale > 0, "model.time_scale", "must be positive")
+    factors = model.downsampling_factors()
+    unreachable = [f for f in model.attention_resolutions if f not in factors]
+    require(
+        not unreachable,
+        "model.attention_resolutions",
+        f"factor(s) {unreachable} never occur with {len(model.channel_mult)} levels "
+        f"(factors {', '.join(map(str, factors))})",
+    )
+    require(model.head_channels > 0, "model.head_channels", "must be positive")
+    if model.num_heads is not None:
+        require(
+            model.num_heads > 0, "model.num_heads", "must be positive (or null: one head per head_channels)"
+        )
+        return
+    widths = {model.model_channels * model.channel_mult[-1]}  # the middle block always attends
+    widths |= {model.model_channels * m for m, f in zip(model.channel_mult, factors, strict=True)
+               if f in model.attention_resolutions}  # fmt: skip
+    for width in sorted(widths):
+        require(
+            width % model.head_channels == 0,
+            "model.head_channels",
+            f"{width} channels do not split into heads of {model.head_channels} (or set model.num_heads)",
+        )
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -167,6 +176,8 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
+        if config.in_channels is None:
+            raise ValueError("UNetConfig.in_channels is unset; FMBoostModel derives it from the objective")
         self.config = config
         mc, groups = config.model_channels, config.norm_groups
         emb_dim = 4 * mc

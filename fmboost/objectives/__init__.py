@@ -5,12 +5,39 @@
 - ``l1`` / ``l2``: direct regression of the high-res latent, one network call, no ODE.
 """
 
+from fmboost.config import FlowConfig, UNetConfig, require
+from fmboost.noise_schedule import NUM_STEPS
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
 from fmboost.objectives.flow_matching import CouplingFlowMatching, NaiveFlowMatching
 from fmboost.objectives.regression import L1Regression, L2Regression
+from fmboost.sampling import validate_solver
+from fmboost.upsampling import UPSAMPLERS
+
+
+def network_input_channels(flow: FlowConfig, model: UNetConfig) -> int:
+    """Channels the objective feeds the network for ``model.out_channels``-channel latents."""
+    return OBJECTIVES.get(flow.objective, "flow.objective")().input_channels(model.out_channels)
+
+
+def validate_flow(flow: FlowConfig, model: UNetConfig) -> None:
+    """The ``flow`` section, and the network input it implies (``model.in_channels``, when set)."""
+    expected = network_input_channels(flow, model)
+    UPSAMPLERS.get(flow.upsampling, "flow.upsampling")
+    validate_solver(flow.solver, flow.nfe, "flow")
+    require(0 <= flow.noise_aug_step < NUM_STEPS, "flow.noise_aug_step", f"must lie in [0, {NUM_STEPS - 1}]")
+    require(flow.scale_factor >= 1, "flow.scale_factor", "must be at least 1")
+    require(
+        model.in_channels in (None, expected),
+        "model.in_channels",
+        f"the {flow.objective} objective feeds {expected} channels for {model.out_channels}-channel latents "
+        f"(model.out_channels), got {model.in_channels}; leave it unset to derive it",
+    )
+
 
 __all__ = [
     "OBJECTIVES",
+    "network_input_channels",
+    "validate_flow",
     "CouplingFlowMatching",
     "L1Regression",
     "L2Regression",

@@ -1,1 +1,27 @@
-"""The training loop (DeepSpeed ZeRO) and its parts: engine setup, checkpoints, validation."""
+"""The training loop (DeepSpeed ZeRO) and its parts: engine setup, checkpoints, validation.
+
+Importing this package is cheap: the loop (and DeepSpeed) load with :mod:`fmboost.training.trainer`.
+"""
+
+from pathlib import Path
+
+from fmboost.config import PRECISIONS, FMBoostConfig, require
+
+
+def validate_training(config: FMBoostConfig) -> None:
+    """The ``train``, ``data`` and ``eval`` (periodic validation) sections."""
+    from fmboost.sampling import validate_solver
+
+    train = config.train
+    require(train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}")
+    require(train.grad_clip >= 0, "train.grad_clip", "must not be negative (0 turns clipping off)")
+    require(
+        train.resume in ("auto", "never") or Path(train.resume).is_dir(),
+        "train.resume",
+        f"use auto, never or the directory of a checkpoint ({train.resume!r} is none of these)",
+    )
+    for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
+        require(getattr(train, key) > 0, f"train.{key}", "must be positive")
+    require(config.data.batch_size > 0, "data.batch_size", "must be positive")
+    validate_solver(config.eval.solver, config.eval.nfe, "eval")
+    require(config.eval.num_images > 0, "eval.num_images", "must be positive")

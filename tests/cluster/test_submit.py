@@ -105,7 +105,7 @@ def test_an_evaluation_config_runs_as_local_array_tasks_and_the_last_one_merges(
 
     latents = build_latents(tmp_path)
     stage = save_tiny_stage(
-        tmp_path / "model", latent_channels=3, first_stage_info={"name": "identity", "source": "none"}
+        tmp_path / "model", latent_channels=3, first_stage={"name": "identity", "source": "none"}
     )
     command = [
         sys.executable,

@@ -62,10 +62,8 @@ def test_round_trip_writes_every_latent_with_the_documented_shape_and_dtype(tmp_
 def test_manifest_records_the_setup_and_totals_that_add_up(tmp_path):
     run(tiny_encode_config(good_shards(tmp_path / "in", shards=3, per_shard=4), tmp_path / "out"))
     manifest = Manifest.load(tmp_path / "out")
-    assert manifest.first_stage["name"] == "identity" and (
-        manifest.first_stage["scale"],
-        manifest.first_stage["shift"],
-    ) == (1.0, 0.0)
+    record = manifest.first_stage
+    assert (record.name, record.scale, record.shift, record.tile_size) == ("identity", 1.0, 0.0, None)
     assert (manifest.high_res, manifest.low_res, manifest.high_res_latent, manifest.low_res_latent) == (
         32,
         16,

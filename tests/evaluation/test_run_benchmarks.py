@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     latents = build_latents(root)
     stage = save_tiny_stage(
-        root / "model", latent_channels=3, first_stage_info={"name": "identity", "source": "none"}
+        root / "model", latent_channels=3, first_stage={"name": "identity", "source": "none"}
     )
     return latents, stage
 

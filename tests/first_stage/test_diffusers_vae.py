@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from safetensors.torch import save_file
 
 from fmboost.config import FirstStageConfig
 from fmboost.errors import ConfigError, WeightsError
-from fmboost.first_stage import build_first_stage, build_recorded_first_stage
+from fmboost.first_stage import build_first_stage
 from tests.conftest import photo
 from tests.first_stage.ldm_format import to_ldm_state_dict
 
@@ -96,12 +97,12 @@ def test_the_record_rebuilds_the_same_first_stage_from_a_vae_subfolder_with_a_no
     monkeypatch.chdir(tmp_path)  # a relative path, recorded absolute so the record works from anywhere
     settings = dict(subfolder="vae", scale=0.3, shift=0.05, tile_size=8, tile_overlap=2)
     original = build_first_stage(FirstStageConfig(name="diffusers", path="pipeline", **settings))
-    record = json.loads(json.dumps(original.describe()))  # as a manifest or a model config stores it
+    record = json.loads(json.dumps(asdict(original.record())))  # as a manifest or model config stores it
     assert record["path"] == str(tmp_path / "pipeline") and record["subfolder"] == "vae"
     monkeypatch.chdir(tmp_path.parent)
 
-    rebuilt = build_recorded_first_stage(record)
-    assert rebuilt.describe() == original.describe()
+    rebuilt = build_first_stage(record)
+    assert rebuilt.record() == original.record()
     assert (rebuilt.scale, rebuilt.shift, rebuilt.tile_size, rebuilt.tile_overlap) == (0.3, 0.05, 8, 2)
     image = photo("astronaut", 64)  # 32² latents: encoded in 8² tiles
     torch.testing.assert_close(rebuilt.encode(image), original.encode(image), rtol=0, atol=0)
@@ -110,11 +111,12 @@ def test_the_record_rebuilds_the_same_first_stage_from_a_vae_subfolder_with_a_no
 def test_a_stage_sees_the_first_stage_tiled_as_recorded_with_the_weights_shared(tmp_path, tiny_vae):
     tiny_vae.save_pretrained(tmp_path / "vae")
     first_stage = build_first_stage(FirstStageConfig(name="diffusers", path=str(tmp_path / "vae")))
-    view = first_stage.with_recorded_tiling({"scale": 0.5, "tile_size": 128, "tile_overlap": 8}, "stage 1")
+    record = FirstStageConfig(name="diffusers", scale=0.5, tile_size=128, tile_overlap=8)
+    view = first_stage.with_recorded_tiling(record, "stage 1")
     assert (view.tile_size, view.tile_overlap) == (128, 8) and first_stage.tile_size == 64
     assert view.vae is first_stage.vae
-    assert first_stage.with_recorded_tiling({"name": "diffusers"}, "stage 1") is first_stage
+    other_scale = FirstStageConfig(name="diffusers", scale=0.18215)
     with pytest.raises(
         WeightsError, match="stage 2 was trained on latents with scale 0.18215, but .* uses 0.5"
     ):
-        first_stage.with_recorded_tiling({"scale": 0.18215}, "stage 2")
+        first_stage.with_recorded_tiling(other_scale, "stage 2")

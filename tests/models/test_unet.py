@@ -4,8 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fmboost.config import load_config
-from fmboost.models.unet import AttentionBlock, UNet, UNetConfig, timestep_embedding
+from fmboost.config import UNetConfig, load_config
+from fmboost.model import FMBoostModel
+from fmboost.models.unet import AttentionBlock, UNet, timestep_embedding
 from tests.conftest import REPO_ROOT, tiny_unet_config
 
 
@@ -107,14 +108,14 @@ def test_timestep_embedding_is_cos_sin_of_scaled_time():
 
 @pytest.mark.parametrize("path", ["configs/cfm_1k.yaml", "configs/cascade_2k.yaml", None])
 def test_paper_configs_build_the_released_network_parameter_for_parameter(path):
-    net = UNet(load_config(REPO_ROOT / path if path else None).model)
+    net = FMBoostModel.from_config(load_config(REPO_ROOT / path if path else None)).net
     assert sum(p.numel() for p in net.parameters()) == 305_806_340
     assert net.input_conv.in_channels == 8 and net.out[-1].out_channels == 4
     assert net.config.time_scale == 1.0, "the released U-Net embeds t in [0, 1] unscaled"
 
 
 def test_paper_attention_is_four_heads_of_64_in_every_layer_whatever_its_width():
-    net = UNet(UNetConfig())
+    net = UNet(replace(UNetConfig(), in_channels=8))
     layers = {name: block for name, block in net.named_modules() if isinstance(block, AttentionBlock)}
     assert sorted(layers) == [
         "down.12.attention",

@@ -57,7 +57,7 @@ def test_the_same_seed_gives_the_same_image_and_another_seed_another(pipeline):
 
 def test_boosting_a_real_photo_with_taef2_from_the_command_line(tmp_path, taef2_dir):
     stage = save_tiny_stage(
-        tmp_path / "stage", latent_channels=32, first_stage_info={"name": "taesd", "source": str(taef2_dir)}
+        tmp_path / "stage", latent_channels=32, first_stage={"name": "taesd", "source": str(taef2_dir)}
     )
     source = tmp_path / "photo.png"
     Image.fromarray(((photo("chelsea", 64)[0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(source)
@@ -112,7 +112,7 @@ def test_prompts_from_the_command_line_write_images_and_sidecars(tmp_path, tiny_
 
 def test_tiled_and_untiled_decoding_agree_in_the_pipeline(tmp_path, taef2_dir):
     stage = save_tiny_stage(
-        tmp_path / "stage", latent_channels=32, first_stage_info={"name": "taesd", "source": str(taef2_dir)}
+        tmp_path / "stage", latent_channels=32, first_stage={"name": "taesd", "source": str(taef2_dir)}
     )
     boost = FMBoostPipeline.from_pretrained(
         [stage], first_stage=FirstStageConfig(name="taesd", path=str(taef2_dir), tile_size=None)

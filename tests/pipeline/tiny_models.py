@@ -5,9 +5,8 @@ from pathlib import Path
 
 import torch
 
-from fmboost.config import FlowConfig
+from fmboost.config import FlowConfig, UNetConfig
 from fmboost.model import FMBoostModel
-from fmboost.models.unet import UNetConfig
 
 
 def byte_level_vocabulary() -> list[str]:
@@ -87,7 +86,7 @@ def save_tiny_stable_diffusion(directory: Path) -> Path:
     return directory / "pipeline"
 
 
-def save_tiny_stage(directory: Path, latent_channels: int = 4, first_stage_info: dict | None = None) -> Path:
+def save_tiny_stage(directory: Path, latent_channels: int = 4, first_stage: dict | None = None) -> Path:
     """A (randomly initialised, non-zero) CFM stage for ``latent_channels``-channel latents."""
     torch.manual_seed(1)
     unet = UNetConfig(
@@ -101,7 +100,7 @@ def save_tiny_stage(directory: Path, latent_channels: int = 4, first_stage_info:
         head_channels=16,
         norm_groups=4,
     )
-    model = FMBoostModel(unet, FlowConfig(nfe=2), first_stage_info)
+    model = FMBoostModel(unet, FlowConfig(nfe=2), first_stage)
     for parameter in model.net.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
     return model.save_pretrained(directory)

@@ -6,7 +6,6 @@ from data_pipeline.encode_shards import run
 from tests.data_pipeline.builders import good_shards, tiny_encode_config
 
 TINY_MODEL = [
-    "model.in_channels=6",
     "model.out_channels=3",
     "model.model_channels=16",
     "model.channel_mult=[1,2]",
