@@ -23,7 +23,7 @@ from data_pipeline.encode_shards import run as encode
 from data_pipeline.sample_data import build_sample_dataset
 from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from fmboost.training.trainer import train
 
 

@@ -12,7 +12,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,30 +25,20 @@ from webdataset import TarWriter
 
 from data_pipeline.config import EncodeConfig, load_encode_config
 from data_pipeline.latent_encoder import LatentEncoder
-from data_pipeline.manifest import check_compatible, describe_dataset, update_manifest
+from data_pipeline.manifest import describe_dataset, refuse_mixed_settings, update_manifest
 from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, list_input_shards
-from fmboost import shards as schema
+from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.cli import report_errors
 from fmboost.config import to_yaml
+from fmboost.data import shards as schema
 from fmboost.devices import resolve_device
+from fmboost.distributed import task_share
 from fmboost.errors import ConfigError
 from fmboost.first_stage import build_first_stage
 
 logger = logging.getLogger("data_pipeline.encode_shards")
-
-
-def resolve_task(config: EncodeConfig, environ: dict[str, str] | None = None) -> tuple[int, int]:
-    """``(task_index, num_tasks)`` from the config, else from a Slurm array and/or multi-task job."""
-    if config.num_tasks is not None:
-        return config.task_index, config.num_tasks
-    environ = os.environ if environ is None else environ
-    proc, ntasks = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
-    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
-        array_index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-        return array_index * ntasks + proc, int(environ["SLURM_ARRAY_TASK_COUNT"]) * ntasks
-    return proc, ntasks
 
 
 def sample_record(item: Prepared, arrays: dict, config: EncodeConfig) -> dict[str, bytes | str]:
@@ -80,8 +69,6 @@ def encode_shard(
 ) -> schema.ShardStats:
     """Encode one input shard into ``shards/NNNNNN.tar``; its stats file is written last."""
     final = schema.shard_path(root, shard.index)
-    partial = final.with_name(f".{final.name}.partial")
-    partial.unlink(missing_ok=True)
     final.unlink(missing_ok=True)  # a tar without its stats file was never declared complete
     stats = schema.ShardStats(source=shard.name)
     settings = PreprocessSettings(
@@ -94,7 +81,7 @@ def encode_shard(
         collate_fn=as_list,
         pin_memory=encoder.device.type == "cuda",
     )
-    with open(partial, "wb") as handle:
+    with atomic_path(final) as partial, open(partial, "wb") as handle:
         writer = TarWriter(handle, encoder=False, mtime=0.0, user="fmboost", group="fmboost", mode=0o444)
         for batch in loader:
             prepared = []
@@ -120,14 +107,11 @@ def encode_shard(
                     stats.upscaled += int(item.upscaled)
             progress.update(len(batch))
         writer.close()
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(final)
     if not stats.is_balanced():
         raise RuntimeError(
             f"{shard.name}: bookkeeping error, {stats.written} written + rejected != {stats.seen}"
         )
-    schema.write_json_atomically(schema.stats_path(root, shard.index), asdict(stats))
+    write_json_atomically(schema.stats_path(root, shard.index), asdict(stats))
     return stats
 
 
@@ -167,10 +151,10 @@ def run(config: EncodeConfig) -> RunSummary:
             f"low_res ({config.low_res}) must be divisible by the first stage's factor {factor}"
         )
     base = describe_dataset(config, first_stage, shards)
-    check_compatible(root, base)
+    refuse_mixed_settings(root, base)
     update_manifest(root, base)
 
-    task_index, num_tasks = resolve_task(config)
+    task_index, num_tasks = task_share(config.task_index, config.num_tasks)
     mine = [shard for shard in shards if shard.index % num_tasks == task_index]
     todo = [shard for shard in mine if not schema.stats_path(root, shard.index).is_file()]
     summary = RunSummary(shards_skipped=len(mine) - len(todo))

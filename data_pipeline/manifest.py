@@ -8,9 +8,9 @@ from pathlib import Path
 
 from data_pipeline.config import EncodeConfig
 from data_pipeline.sources import InputShard
+from fmboost.data.shards import MANIFEST_NAME, Manifest, ShardStats, stats_path
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
-from fmboost.shards import MANIFEST_NAME, Manifest, ShardStats, stats_path
 
 IDENTITY_FIELDS = (
     "first_stage", "high_res", "low_res", "latent_channels", "psu_variant", "has_images", "preprocessing",
@@ -73,7 +73,7 @@ def describe_dataset(config: EncodeConfig, first_stage: FirstStage, shards: list
     )
 
 
-def check_compatible(root: Path, wanted: Manifest) -> None:
+def refuse_mixed_settings(root: Path, wanted: Manifest) -> None:
     """Refuse to add shards to an output written with different settings: the dataset would be mixed."""
     if not (root / MANIFEST_NAME).is_file():
         return

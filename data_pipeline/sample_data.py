@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from fmboost.atomic_files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 TRAINING_PHOTOS = {
@@ -97,8 +99,7 @@ def build_sample_dataset(output: Path, seed: int = 0) -> list[Path]:
     for shard in range(NUM_SHARDS):
         names = sorted(HELD_OUT_PHOTOS if shard == NUM_SHARDS - 1 else TRAINING_PHOTOS)
         path = shard_dir / f"{shard:05d}.tar"
-        partial = path.with_name(f".{path.name}.partial")
-        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as archive:
+        with atomic_path(path) as partial, tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as archive:
             for index in range(SAMPLES_PER_SHARD):
                 key = f"{shard:05d}{index:04d}"
                 name = names[(shard * SAMPLES_PER_SHARD + index) % len(names)]
@@ -117,7 +118,6 @@ def build_sample_dataset(output: Path, seed: int = 0) -> list[Path]:
                 add_file(archive, f"{key}.{extension}", data)
                 add_file(archive, f"{key}.txt", caption.encode())
                 add_file(archive, f"{key}.json", json.dumps(metadata).encode())
-        partial.replace(path)
         paths.append(path)
     logger.info("wrote %d shards of %d samples to %s", NUM_SHARDS, SAMPLES_PER_SHARD, shard_dir)
     return paths

@@ -15,7 +15,6 @@ features and statistics before any Fréchet distance is taken.
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -24,12 +23,6 @@ from fmboost.cli import report_errors
 from fmboost.errors import WeightsError
 
 logger = logging.getLogger("evaluation")
-
-
-def task_split(config: EvalRunConfig) -> tuple[int, int]:
-    if config.num_tasks is not None:
-        return config.task_index, config.num_tasks
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def load_metric_models(config: EvalRunConfig, device, extractor=None, clip=None):
@@ -65,13 +58,14 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from evaluation.report import write_results
     from fmboost.config import to_flat_dict
     from fmboost.devices import resolve_device
+    from fmboost.distributed import task_share
     from fmboost.first_stage import build_first_stage
     from fmboost.image_processing import save_grid
-    from fmboost.model import FMBoostModel, find_export
+    from fmboost.models import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
 
-    task, num_tasks = task_split(config)
+    task, num_tasks = task_share(config.task_index, config.num_tasks)
     device = resolve_device(config.device)
     model_dirs = [find_export(path) for path in config.models]
     extractor, clip = load_metric_models(config, device, extractor, clip)

@@ -32,7 +32,7 @@ from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images, to_uint8
 from fmboost.metrics import psnr, ssim
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from fmboost.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FMBoostModel": "fmboost.model",
+    "FMBoostModel": "fmboost.models",
     "FMBoostPipeline": "fmboost.pipeline",
     "build_first_stage": "fmboost.first_stage",
     "load_config": "fmboost.config",
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fmboost.config import load_config
     from fmboost.errors import FMBoostError
     from fmboost.first_stage import build_first_stage
-    from fmboost.model import FMBoostModel
+    from fmboost.models import FMBoostModel
     from fmboost.pipeline import FMBoostPipeline
 
 

@@ -31,7 +31,7 @@ from fmboost.errors import ConfigError
 class UNetConfig:
     """Architecture of :class:`fmboost.models.unet.UNet`; the defaults are the released code's network.
 
-    ``in_channels`` is derived by :class:`fmboost.model.FMBoostModel` from the objective and the latent
+    ``in_channels`` is derived by :class:`fmboost.models.FMBoostModel` from the objective and the latent
     channels (``out_channels``) unless set. ``attention_resolutions`` are downsampling factors (1 =
     input size); with ``len(channel_mult)`` levels only 1, 2, …, 2^(levels−1) exist. ``num_heads`` ×
     ``head_channels`` is the inner width of every attention layer (``num_heads=None``: one head per

@@ -48,6 +48,39 @@ class DistributedEnv:
         )
 
 
+def task_share(
+    task_index: int | None, num_tasks: int | None, environ: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """``(index, count)`` of this process's share of a job split over tasks.
+
+    Explicit values win; else a Slurm array (times the tasks of each array job); else torchrun's
+    ``RANK``/``WORLD_SIZE``; else a multi-task Slurm job; else the whole job (0 of 1).
+    """
+    if num_tasks is not None:
+        return task_index, num_tasks
+    environ = os.environ if environ is None else environ
+    proc, ntasks = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
+    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+        array_index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        return array_index * ntasks + proc, int(environ["SLURM_ARRAY_TASK_COUNT"]) * ntasks
+    if "WORLD_SIZE" in environ:
+        return int(environ.get("RANK", 0)), int(environ["WORLD_SIZE"])
+    return proc, ntasks
+
+
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    tensor = torch.tensor([value], device=device, dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return tensor.item() / torch.distributed.get_world_size()
+
+
 def device_for(env: DistributedEnv) -> torch.device:
     """One task per GPU: ``cuda:LOCAL_RANK`` when GPUs exist, else the CPU."""
     if torch.cuda.is_available():

@@ -28,7 +28,7 @@ from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import to_pil
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 
 
 @dataclass

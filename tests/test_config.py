@@ -4,7 +4,7 @@ import pytest
 
 from fmboost.config import FMBoostConfig, load_config, to_flat_dict, to_yaml
 from fmboost.errors import ConfigError
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -6,7 +6,7 @@ import torch
 from fmboost.config import FlowConfig
 from fmboost.errors import ConfigError, WeightsError
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from tests.conftest import tiny_unet_config
 
 

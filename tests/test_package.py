@@ -10,7 +10,7 @@ PROJECT_FOLDERS = ("fmboost", "data_pipeline", "cluster", "evaluation", "bench",
 
 def test_importing_fmboost_prints_nothing_and_imports_no_heavy_backend():
     code = (
-        "import sys, fmboost, fmboost.config, fmboost.model; "
+        "import sys, fmboost, fmboost.config, fmboost.models; "
         "print(sorted({'diffusers', 'transformers'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

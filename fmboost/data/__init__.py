@@ -1,4 +1,4 @@
-"""Reading latent shards (written by ``make encode-shards``) for training and evaluation."""
+"""The latent shard format (`shards`) and its reader: datasets, streams for training and validation."""
 
 from fmboost.data.dataset import LatentDataset, check_compatible, resolve_dataset
 from fmboost.data.streams import TrainStream, ValidationStream, make_loader

@@ -16,10 +16,10 @@ import torch
 from braceexpand import braceexpand
 from PIL import Image
 
-from fmboost import shards as schema
+from fmboost.data import shards as schema
+from fmboost.data.shards import Manifest
 from fmboost.errors import FMBoostError
 from fmboost.image_processing import resize_images
-from fmboost.shards import Manifest
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fmboost.atomic_files import write_text_atomically
 from fmboost.errors import FMBoostError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -96,9 +97,7 @@ def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
     """Declare ``directory`` complete, point ``latest`` at it, and prune older checkpoints."""
     (directory / COMPLETE).write_text("")
     pointer = checkpoint_root(run_dir) / LATEST
-    partial = pointer.with_name(f".{LATEST}.partial")
-    partial.write_text(directory.name)
-    partial.replace(pointer)
+    write_text_atomically(pointer, directory.name)
     complete = sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -20,10 +20,10 @@ from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
 from fmboost.data import TrainStream, ValidationStream, check_compatible, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
 from fmboost.devices import resolve_precision
-from fmboost.distributed import DistributedEnv, device_for, init_distributed
+from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed, mean_over_ranks
 from fmboost.errors import FMBoostError
 from fmboost.first_stage import build_first_stage
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from fmboost.models.ema import EMA
 from fmboost.tracking import Tracker
 from fmboost.training import checkpointing as ckpt
@@ -45,19 +45,6 @@ class TrainResult:
     run_dir: Path
     export_dir: Path | None
     mlflow_run_id: str | None
-
-
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
 
 
 def train(

@@ -14,7 +14,7 @@ from fmboost.config import EvalConfig
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, save_grid, to_uint8
 from fmboost.metrics import psnr, ssim
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 
 
 class Validator:

@@ -8,7 +8,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fmboost.shards import Manifest
+from fmboost.data.shards import Manifest
 from fmboost.training import checkpointing as ckpt
 from tests.conftest import REPO_ROOT
 from tests.data_pipeline.builders import good_shards

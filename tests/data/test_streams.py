@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from data_pipeline.encode_shards import run
-from fmboost import shards as schema
 from fmboost.data import TrainStream, ValidationStream, check_compatible, make_loader, resolve_dataset
+from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, decode_sample
+from fmboost.data.shards import Manifest
 from fmboost.errors import FMBoostError
-from fmboost.shards import Manifest
 from tests.data_pipeline.builders import good_shards, tiny_encode_config
 
 

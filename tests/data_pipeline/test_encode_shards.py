@@ -11,12 +11,13 @@ import pytest
 import webdataset as wds
 
 from data_pipeline.config import EncodeConfig
-from data_pipeline.encode_shards import main, resolve_task, run
+from data_pipeline.encode_shards import main, run
 from data_pipeline.preprocess import Reason
-from fmboost import shards as schema
 from fmboost.config import FirstStageConfig
+from fmboost.data import shards as schema
+from fmboost.data.shards import Manifest
+from fmboost.distributed import task_share
 from fmboost.errors import FMBoostError
-from fmboost.shards import Manifest
 from tests.conftest import REPO_ROOT, psnr
 from tests.data_pipeline.builders import (
     good_sample,
@@ -178,9 +179,14 @@ def test_two_tasks_cover_disjoint_shards_and_together_the_whole_input(tmp_path):
     assert all_files(tmp_path / "out") == all_files(tmp_path / "single")
 
 
-def test_task_split_comes_from_slurm_arrays_and_multi_task_jobs():
+def test_task_split_comes_from_slurm_arrays_torchrun_and_multi_task_jobs():
     config = EncodeConfig()
+
+    def resolve_task(config, environ):
+        return task_share(config.task_index, config.num_tasks, environ)
+
     assert resolve_task(config, {}) == (0, 1)
+    assert resolve_task(config, {"RANK": "2", "WORLD_SIZE": "4"}) == (2, 4)
     assert resolve_task(config, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
     assert resolve_task(config, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == (1, 2)
     both = {

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fmboost.config import UNetConfig, load_config
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from fmboost.models.unet import AttentionBlock, UNet, timestep_embedding
 from tests.conftest import REPO_ROOT, tiny_unet_config
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from fmboost.config import FlowConfig, UNetConfig
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 
 
 def byte_level_vocabulary() -> list[str]:

@@ -16,7 +16,7 @@ from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.model import FMBoostModel
+from fmboost.models import FMBoostModel
 from fmboost.objectives import CouplingFlowMatching
 from fmboost.training.trainer import NonFiniteLossError, train
 from tests.conftest import REPO_ROOT

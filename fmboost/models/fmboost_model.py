@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConfig, merge_config
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
@@ -177,12 +178,9 @@ class FMBoostModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in self.net.state_dict().items()}
-        partial_weights = directory / f".{WEIGHTS_NAME}.partial"
-        save_file(tensors, str(partial_weights), metadata={"format": "pt"})
-        partial_weights.replace(directory / WEIGHTS_NAME)
-        partial_config = directory / f".{CONFIG_NAME}.partial"
-        partial_config.write_text(json.dumps(self.config_dict(), indent=2))
-        partial_config.replace(directory / CONFIG_NAME)
+        with atomic_path(directory / WEIGHTS_NAME) as partial:
+            save_file(tensors, str(partial), metadata={"format": "pt"})
+        write_json_atomically(directory / CONFIG_NAME, self.config_dict())
         return directory
 
     @classmethod

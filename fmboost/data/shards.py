@@ -15,13 +15,13 @@ manifest's values. Only ``.npy`` (without pickle), ``.txt``, ``.json`` and image
 
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fmboost.atomic_files import write_json_atomically
 from fmboost.config import FirstStageConfig
 from fmboost.errors import FMBoostError
 
@@ -55,17 +55,6 @@ def encode_array(array: np.ndarray) -> bytes:
 def decode_array(data: bytes) -> np.ndarray:
     """An array from ``.npy`` bytes; object arrays (pickle) are refused by numpy."""
     return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary name, fsync and rename, so readers never see half a file."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""Files that readers never see half-written: write a hidden sibling, fsync it, rename it into place.
+
+    with atomic_path(shard_path) as partial:
+        write_tar(partial)                        # any writer that takes a path
+    write_json_atomically(stats_path, stats)      # small files in one call
+
+A rename within one directory is atomic on POSIX file systems, so a reader (or a resumed job) sees
+either the old file or the complete new one. A block that raises leaves no partial file behind.
+"""
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; fsynced and renamed over ``path`` when the block succeeds."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        yield partial
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    with atomic_path(path) as partial:
+        partial.write_text(text)
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Indented, key-sorted JSON with a final newline."""
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
