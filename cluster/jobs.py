@@ -104,8 +104,12 @@ class EncodeJob:
         )
         split = [f"task_index={task_index}", f"num_tasks={num_tasks}"]
         summary = run(load_encode_config(self.config_path, [*self.overrides, *split]))
-        return {"task_index": task_index, "shards_done": summary.shards_done, "written": summary.written,
-                "rejected": summary.rejected}  # fmt: skip
+        return {
+            "task_index": task_index,
+            "shards_done": summary.shards_done,
+            "written": summary.written,
+            "rejected": summary.rejected,
+        }
 
 
 class EvaluationJob:
@@ -123,5 +127,8 @@ class EvaluationJob:
         )
         split = [f"task_index={task_index}", f"num_tasks={num_tasks}"]
         result = run(load_eval_config(self.config_path, [*self.overrides, *split]))
-        return {"task_index": task_index, "merged": result is not None,
-                "results_dir": str(result["results_dir"]) if result else None}  # fmt: skip
+        return {
+            "task_index": task_index,
+            "merged": result is not None,
+            "results_dir": str(result["results_dir"]) if result else None,
+        }

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="validate, print the resolved config and job parameters, submit nothing",
     )
     parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def choose_backend(requested: str) -> str:

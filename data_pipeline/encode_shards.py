@@ -161,8 +161,14 @@ def run(config: EncodeConfig) -> RunSummary:
     device = resolve_device(config.device)
     logger.info(
         "task %d/%d: %d of %d input shards are mine, %d already complete; encoding on %s with %s",
-        task_index, num_tasks, len(mine), len(shards), summary.shards_skipped, device, first_stage.name,
-    )  # fmt: skip
+        task_index,
+        num_tasks,
+        len(mine),
+        len(shards),
+        summary.shards_skipped,
+        device,
+        first_stage.name,
+    )
     encoder = LatentEncoder(
         first_stage, config.low_res // factor * factor, config.psu_variant, device, config.precision
     )
@@ -178,8 +184,11 @@ def run(config: EncodeConfig) -> RunSummary:
     logger.info(summary.describe())
     logger.info(
         "manifest %s: %d/%d shards complete, %d samples written",
-        root / schema.MANIFEST_NAME, len(manifest.completed_shards), len(shards), manifest.totals["written"],
-    )  # fmt: skip
+        root / schema.MANIFEST_NAME,
+        len(manifest.completed_shards),
+        len(shards),
+        manifest.totals["written"],
+    )
     return summary
 
 

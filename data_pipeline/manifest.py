@@ -13,9 +13,15 @@ from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 
 IDENTITY_FIELDS = (
-    "first_stage", "high_res", "low_res", "latent_channels", "psu_variant", "has_images", "preprocessing",
+    "first_stage",
+    "high_res",
+    "low_res",
+    "latent_channels",
+    "psu_variant",
+    "has_images",
+    "preprocessing",
     "source_shards",
-)  # fmt: skip
+)
 
 
 @contextmanager

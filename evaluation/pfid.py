@@ -41,6 +41,8 @@ def paired_crops(
 def native_crops(images: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
     """``pfid_anyres``: one random crop per image, independent offsets, no resize."""
     return torch.cat(
-        [crop(images[i : i + 1], random_offsets(images.shape[-2], images.shape[-1], size, 1, rng), size)
-         for i in range(len(images))]
-    )  # fmt: skip
+        [
+            crop(images[i : i + 1], random_offsets(images.shape[-2], images.shape[-1], size, 1, rng), size)
+            for i in range(len(images))
+        ]
+    )

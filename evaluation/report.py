@@ -10,10 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = [
-    ("model", "model"), ("solver", "solver"), ("nfe", "NFE"), ("nfe_used", "NFE used"), ("psnr", "PSNR ↑"),
-    ("ssim", "SSIM ↑"), ("fid", "FID ↓"), ("pfid_fmboost", "p-FID ↓"), ("pfid_anyres", "p-FID (any-res) ↓"),
-    ("clip", "CLIP ↑"), ("seconds_per_image", "s/img"),
-]  # fmt: skip
+    ("model", "model"),
+    ("solver", "solver"),
+    ("nfe", "NFE"),
+    ("nfe_used", "NFE used"),
+    ("psnr", "PSNR ↑"),
+    ("ssim", "SSIM ↑"),
+    ("fid", "FID ↓"),
+    ("pfid_fmboost", "p-FID ↓"),
+    ("pfid_anyres", "p-FID (any-res) ↓"),
+    ("clip", "CLIP ↑"),
+    ("seconds_per_image", "s/img"),
+]
 PLOTTED = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip", "seconds_per_image")
 
 

@@ -111,8 +111,11 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     )
     tracker.log_params(to_flat_dict(config))
     for row in rows:
-        metrics = {f"{row['model']}/{row['solver']}/{key}": value for key, value in row.items()
-                   if isinstance(value, float) and key not in ("nfe", "nfe_used")}  # fmt: skip
+        metrics = {
+            f"{row['model']}/{row['solver']}/{key}": value
+            for key, value in row.items()
+            if isinstance(value, float) and key not in ("nfe", "nfe_used")
+        }
         tracker.log_metrics(metrics, step=row["nfe"])
     for path in written:
         tracker.log_artifact(path, "plots" if path.suffix == ".png" else None)

@@ -67,8 +67,10 @@ class Sums:
             for name in asdict(self)
             if name != "stage_seconds"
         }
-        stages = {k: self.stage_seconds.get(k, 0.0) + other.stage_seconds.get(k, 0.0)
-                  for k in {*self.stage_seconds, *other.stage_seconds}}  # fmt: skip
+        stages = {
+            k: self.stage_seconds.get(k, 0.0) + other.stage_seconds.get(k, 0.0)
+            for k in {*self.stage_seconds, *other.stage_seconds}
+        }
         return Sums(**merged, stage_seconds=stages)
 
 
@@ -173,8 +175,9 @@ class Evaluator:
         if "pfid_fmboost" in metrics:
             if size >= self.config.pfid_crop:
                 rng = np.random.default_rng([seed, 1])
-                real_crops, fake_crops = paired_crops(real, generated, self.config.pfid_crop,
-                                                      self.config.pfid_crops_per_image, rng)  # fmt: skip
+                real_crops, fake_crops = paired_crops(
+                    real, generated, self.config.pfid_crop, self.config.pfid_crops_per_image, rng
+                )
                 self.features(f"{key}|pfid_fmboost", fake_crops)
                 self.features(f"{key}|pfid_fmboost_real", real_crops)
             else:
@@ -270,8 +273,9 @@ class Evaluator:
         model = models[entry.model]
         parameter = next(model.parameters())
         generator = torch.Generator().manual_seed(seed)
-        solution = model.sample(batch["z_up"].to(parameter.device, parameter.dtype), generator, entry.solver,
-                                entry.nfe or None)  # fmt: skip
+        solution = model.sample(
+            batch["z_up"].to(parameter.device, parameter.dtype), generator, entry.solver, entry.nfe or None
+        )
         return solution.x1, solution.nfe
 
 
@@ -310,9 +314,14 @@ def result_rows(part: Part, entries: list[Entry], config: EvalRunConfig) -> list
         sums = part.sums.get(entry.key)
         if sums is None or sums.count == 0:
             continue
-        row: dict[str, Any] = {"model": entry.model, "solver": entry.solver, "nfe": entry.nfe,
-                               "nfe_used": sums.nfe_used / sums.count, "images": sums.count,
-                               "seconds_per_image": sums.seconds / sums.count}  # fmt: skip
+        row: dict[str, Any] = {
+            "model": entry.model,
+            "solver": entry.solver,
+            "nfe": entry.nfe,
+            "nfe_used": sums.nfe_used / sums.count,
+            "images": sums.count,
+            "seconds_per_image": sums.seconds / sums.count,
+        }
         for stage, seconds in sorted(sums.stage_seconds.items()):
             row[f"seconds_per_image_{stage}"] = seconds / sums.count
         if config.benchmark == "upsampling":
@@ -362,9 +371,14 @@ def run_zero_shot(evaluator: Evaluator, entries: list[Entry], pipeline, loader) 
         captions, seen = batch["captions"][:take], seen + take
         for entry in entries:
             seed = batch_seed(config.seed, batch["keys"])
-            output = pipeline(prompts=captions, seed=seed, nfe=entry.nfe or None,
-                              solver=entry.solver, num_inference_steps=config.base_steps,
-                              guidance_scale=config.guidance_scale)  # fmt: skip
+            output = pipeline(
+                prompts=captions,
+                seed=seed,
+                nfe=entry.nfe or None,
+                solver=entry.solver,
+                num_inference_steps=config.base_steps,
+                guidance_scale=config.guidance_scale,
+            )
             generated = torch.stack(
                 [torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1) for image in output.images]
             )

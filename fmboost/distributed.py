@@ -97,6 +97,13 @@ def init_distributed(env: DistributedEnv) -> str:
     env.export()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    logger.info("rank %d/%d (local %d) joined via %s at %s:%d", env.rank, env.world_size, env.local_rank,
-                backend, env.master_addr, env.master_port)  # fmt: skip
+    logger.info(
+        "rank %d/%d (local %d) joined via %s at %s:%d",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        backend,
+        env.master_addr,
+        env.master_port,
+    )
     return backend

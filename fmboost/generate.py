@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: bf16 on GPU, fp32 on CPU",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output directory")
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def batches(items: list, size: int) -> list[list]:
@@ -139,10 +139,17 @@ def run(args: argparse.Namespace) -> list[Path]:
             path = args.out / f"{index:05d}.png"
             image.save(path)
             sidecar = {
-                kind: value, "seed": seed, "batch_size": len(batch), "size": list(image.size),
-                "stages": [str(s) for s in args.stage], "nfe": output.nfe, "solver": solver,
-                "base": args.base, "base_kwargs": base_kwargs, "timings_s": output.timings,
-            }  # fmt: skip
+                kind: value,
+                "seed": seed,
+                "batch_size": len(batch),
+                "size": list(image.size),
+                "stages": [str(s) for s in args.stage],
+                "nfe": output.nfe,
+                "solver": solver,
+                "base": args.base,
+                "base_kwargs": base_kwargs,
+                "timings_s": output.timings,
+            }
             path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
             written.append(path)
             index += 1

@@ -88,9 +88,12 @@ class Tracker:
             if self.retry_at == 0.0 or time.monotonic() >= self.retry_at:
                 logger.warning(
                     "MLflow at %s failed to %s (%s: %s); training goes on, metrics are kept in %s",
-                    self.tracking_uri, what, type(error).__name__, str(error).splitlines()[0][:200],
+                    self.tracking_uri,
+                    what,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200],
                     self.run_dir / METRICS_FILE,
-                )  # fmt: skip
+                )
             self.retry_at = time.monotonic() + RETRY_SECONDS
             return False
         self.retry_at = 0.0

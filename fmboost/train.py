@@ -26,8 +26,11 @@ def configure_logging(env: DistributedEnv) -> None:
 
 @report_errors()
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fmboost.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m fmboost.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("config", help="training config YAML, e.g. configs/cfm_1k.yaml")
     parser.add_argument("overrides", nargs="*", help="config overrides as section.key=value")
     args = parser.parse_args(argv)

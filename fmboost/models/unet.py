@@ -26,8 +26,11 @@ from fmboost.config import UNetConfig, require
 
 def validate_unet(model: UNetConfig) -> None:
     """The ``model`` section: positive sizes that split into groups, and attention that fits."""
-    require(bool(model.channel_mult) and all(m > 0 for m in model.channel_mult), "model.channel_mult",
-            "needs positive entries")  # fmt: skip
+    require(
+        bool(model.channel_mult) and all(m > 0 for m in model.channel_mult),
+        "model.channel_mult",
+        "needs positive entries",
+    )
     for key in ("out_channels", "model_channels", "num_res_blocks", "norm_groups"):
         require(getattr(model, key) > 0, f"model.{key}", "must be positive")
     for mult in model.channel_mult:
@@ -52,8 +55,11 @@ def validate_unet(model: UNetConfig) -> None:
         )
         return
     widths = {model.model_channels * model.channel_mult[-1]}  # the middle block always attends
-    widths |= {model.model_channels * m for m, f in zip(model.channel_mult, factors, strict=True)
-               if f in model.attention_resolutions}  # fmt: skip
+    widths |= {
+        model.model_channels * m
+        for m, f in zip(model.channel_mult, factors, strict=True)
+        if f in model.attention_resolutions
+    }
     for width in sorted(widths):
         require(
             width % model.head_channels == 0,

@@ -101,3 +101,57 @@ def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
     complete = sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class Checkpointer:
+    """Saves and restores everything an exact resume needs, for one rank of one run.
+
+    Every rank writes its DeepSpeed shards and RNG state; rank 0 writes the trainer state, the EMA
+    weights and the export, then (after a barrier) marks the checkpoint complete and moves ``latest``.
+    """
+
+    def __init__(
+        self, run_dir: Path, engine, ema, loss_generator: torch.Generator, rank: int, keep: int
+    ) -> None:
+        self.run_dir, self.engine, self.ema, self.loss_generator = run_dir, engine, ema, loss_generator
+        self.rank, self.keep = rank, keep
+
+    @property
+    def is_main(self) -> bool:
+        return self.ema is not None
+
+    def directory_for(self, step: int) -> Path:
+        return checkpoint_root(self.run_dir) / tag_for(step)
+
+    def to_resume(self, resume: str) -> Path | None:
+        """The checkpoint ``train.resume`` names: ``auto`` (the latest, if any), ``never``, or a directory."""
+        if resume == "auto":
+            return latest_checkpoint(self.run_dir)
+        return None if resume == "never" else Path(resume)
+
+    def restore(self, directory: Path) -> TrainerState:
+        """Engine, RNG and (on rank 0) EMA as they were when ``directory`` was saved."""
+        self.engine.load_checkpoint(str(directory.parent), tag=directory.name)
+        state = load_trainer_state(directory)
+        load_rng(directory, self.rank, self.loss_generator)
+        if self.is_main:
+            self.ema.shadow.load_state_dict(load_ema_state(directory))
+            self.ema.num_updates.fill_(state.ema_updates)
+        return state
+
+    def save(self, state: TrainerState) -> Path:
+        """Write the checkpoint of ``state.step`` on every rank; returns its directory once complete."""
+        import torch.distributed as dist
+
+        directory = self.directory_for(state.step)
+        self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+        save_rng(directory, self.rank, self.loss_generator)
+        if self.is_main:
+            state.ema_updates = int(self.ema.num_updates)
+            save_main_process_files(directory, state, self.ema.shadow.state_dict())
+            self.ema.shadow.save_pretrained(directory / EXPORT_DIR)
+        dist.barrier()
+        if self.is_main:
+            mark_complete(self.run_dir, directory, self.keep)
+        dist.barrier()
+        return directory
