@@ -26,35 +26,40 @@ logger = logging.getLogger("evaluation")
 
 
 def load_metric_models(config: EvalRunConfig, device, extractor=None, clip=None):
-    """Inception and CLIP, before any generation: fail fast if required, else skip with one warning."""
+    """Inception and CLIP, before any generation: fail fast if required, else skip with one warning.
+
+    Returns ``(extractor, clip, metrics)``: the metrics that will be computed, without touching ``config``.
+    """
     from evaluation.clip_score import ClipScorer
     from evaluation.features import CleanInception
 
-    wants_features = any(metric in config.metrics for metric in FEATURE_METRICS)
-    if wants_features and extractor is None:
+    metrics = list(config.metrics)
+    if any(metric in metrics for metric in FEATURE_METRICS) and extractor is None:
         try:
             extractor = CleanInception(config.inception_path, device)
         except WeightsError as error:
             if config.require_feature_metrics:
                 raise
             logger.warning("skipping FID, p-FID and CLIP: %s", error)
-            config.metrics = [m for m in config.metrics if m not in (*FEATURE_METRICS, "clip")]
-    if "clip" in config.metrics and clip is None:
+            metrics = [m for m in metrics if m not in (*FEATURE_METRICS, "clip")]
+    if "clip" in metrics and clip is None:
         try:
             clip = ClipScorer(config.clip_model, device)
         except WeightsError as error:
             if config.require_feature_metrics:
                 raise
             logger.warning("skipping the CLIP score: %s", error)
-            config.metrics = [m for m in config.metrics if m != "clip"]
-    return (extractor if any(m in config.metrics for m in FEATURE_METRICS) else None), (
-        clip if "clip" in config.metrics else None
-    )
+            metrics = [m for m in metrics if m != "clip"]
+    extractor = extractor if any(m in metrics for m in FEATURE_METRICS) else None
+    return extractor, (clip if "clip" in metrics else None), metrics
 
 
 def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
-    from evaluation import runner
+    from evaluation.benchmarks import BENCHMARKS, Generators
+    from evaluation.entries import Entry, model_labels, sweep_entries
+    from evaluation.parts import merge_parts, result_rows, settings_digest
+    from evaluation.recorder import Recorder
     from evaluation.report import write_results
     from fmboost.config import to_flat_dict
     from fmboost.devices import resolve_device
@@ -64,12 +69,13 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from fmboost.models import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
+    from fmboost.upsampling_eval import validation_loader
 
     task, num_tasks = task_share(config.task_index, config.num_tasks)
     device = resolve_device(config.device)
     model_dirs = [find_export(path) for path in config.models]
-    extractor, clip = load_metric_models(config, device, extractor, clip)
-    labels = runner.model_labels(config.models)
+    extractor, clip, metrics = load_metric_models(config, device, extractor, clip)
+    labels = model_labels(config.models)
     results_dir = Path(config.results_dir)
 
     if config.benchmark == "upsampling":
@@ -77,33 +83,40 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
             label: FMBoostModel.from_pretrained(path, device)
             for label, path in zip(labels, model_dirs, strict=True)
         }
-        loader, dataset = runner.validation_loader(config, next(iter(models.values()), None), task, num_tasks)
-        first_stage = build_first_stage(dataset.manifest.first_stage)
+        first_model = next(iter(models.values()), None)
+        upsampling = first_model.flow_config.upsampling if first_model is not None else None
+        loader, dataset = validation_loader(
+            config.data, upsampling or "psu_roundtrip", config.batch_size, task=task, num_tasks=num_tasks
+        )
+        generators = Generators(build_first_stage(dataset.manifest.first_stage).to(device), models)
         for model in models.values():
-            model.check_first_stage(first_stage)
-        entries = runner.sweep_entries(config, list(models))
-        evaluator = runner.Evaluator(config, first_stage.to(device), extractor, clip, device)
-        grid = evaluator.run_upsampling(entries, models, loader)
+            model.check_first_stage(generators.first_stage)
+        entries = sweep_entries(config, list(models))
     else:
         pipeline = FMBoostPipeline.from_pretrained(model_dirs, base=config.base, device=config.device)
-        loader, _ = runner.validation_loader(config, pipeline.stages[0], task, num_tasks)
-        entries = [
-            runner.Entry("cascade", e.solver, e.nfe) for e in runner.sweep_entries(config, ["cascade"])
-        ]
-        evaluator = runner.Evaluator(config, pipeline.first_stage, extractor, clip, device)
-        grid = runner.run_zero_shot(evaluator, entries, pipeline, loader)
-    for skipped in sorted(evaluator.skipped_crops):
+        loader, _ = validation_loader(
+            config.data,
+            pipeline.stages[0].flow_config.upsampling,
+            config.batch_size,
+            task=task,
+            num_tasks=num_tasks,
+        )
+        generators = Generators(pipeline.first_stage, pipeline=pipeline)
+        entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
+    recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key)
+    grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
+    for skipped in sorted(recorder.skipped_crops):
         logger.warning("skipping %s: the images are smaller than the crop", skipped)
 
-    parts = results_dir / "parts" / runner.settings_digest(config)
-    evaluator.part.save(parts, task)
+    parts = results_dir / "parts" / settings_digest(config)
+    recorder.part.save(parts, task)
     if task == 0:
         save_grid(grid, results_dir / "samples_grid.png", rows=4)
-    merged = runner.merge_parts(parts, num_tasks)
+    merged = merge_parts(parts, num_tasks)
     if merged is None:
         logger.info("task %d/%d done; the last task merges the results", task, num_tasks)
         return None
-    rows = runner.result_rows(merged, entries, config)
+    rows = result_rows(merged, entries)
     written = write_results(rows, to_flat_dict(config), results_dir)
 
     tracker = Tracker(

@@ -156,7 +156,9 @@ def test_without_inception_the_default_run_skips_feature_metrics_with_one_warnin
             f"inception_path={tmp_path}/missing/inception-2015-12-05.pt",
         ),
     )
+    metrics_before = list(config.metrics)
     result = run(config)
+    assert config.metrics == metrics_before, "the config is never changed at run time"
     warnings = [r.getMessage() for r in caplog.records if "inception-2015-12-05.pt" in r.getMessage()]
     assert len(warnings) == 1 and "skipping FID, p-FID and CLIP" in warnings[0] and "nvlabs" in warnings[0]
     assert all("fid" not in row and "psnr" in row for row in result["rows"])

@@ -1,0 +1,119 @@
+"""The benchmarks, one function each of the same shape: ``(recorder, entries, generators, loader) → grid``.
+
+- ``upsampling`` (paper Tab. 2): held-out latent pairs; every model and baseline upsamples the stored
+  context; PSNR/SSIM against the ground truth, FID and p-FID when Inception loads.
+- ``zero_shot`` (paper Tab. 1): captions of held-out shards → base LDM → CFM stages; CLIP, FID, p-FID
+  against the reference images.
+
+The grid returned holds the first batch's images, one column per entry (low-res first, ground truth last).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evaluation.entries import Entry, batch_seed
+from evaluation.recorder import Recorder
+from fmboost.errors import FMBoostError
+from fmboost.first_stage.base import FirstStage
+from fmboost.image_processing import from_uint8, resize_images, to_uint8
+from fmboost.models import FMBoostModel
+from fmboost.pipeline import FMBoostPipeline
+from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, upsample
+
+
+@dataclass
+class Generators:
+    """What produces images: CFM stages by label (upsampling) or a base-to-stages pipeline (zero-shot)."""
+
+    first_stage: FirstStage
+    models: dict[str, FMBoostModel] = field(default_factory=dict)
+    pipeline: FMBoostPipeline | None = None
+
+
+Grid = dict[str, torch.Tensor]
+
+
+def batches_for_this_task(recorder: Recorder, loader, entries: list[Entry]):
+    """This task's batches, cut to its share of ``num_images``, with a progress bar over all entries."""
+    budget, seen = recorder.images_for_this_task(), 0
+    with tqdm(total=budget * len(entries), unit="img", desc="generating") as progress:
+        for batch in loader:
+            if seen >= budget:
+                break
+            take = min(len(batch["keys"]), budget - seen)
+            seen += take
+            yield {name: value[:take] for name, value in batch.items()}
+            progress.update(take * len(entries))
+
+
+def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generators, loader) -> Grid:
+    """Every entry on every held-out batch, from the stored contexts."""
+    fs, grid = generators.first_stage, {}
+    for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
+        real = ground_truth(batch, fs)
+        seed = batch_seed(recorder.config.seed, batch["keys"])
+        for entry in entries:
+            if entry.is_baseline:
+                result = baseline(entry.model, batch, fs)
+            else:
+                result = upsample(
+                    generators.models[entry.model], batch, fs, entry.solver, entry.nfe or None, seed
+                )
+            recorder.record(entry, result.images, real, result.timings, result.nfe, seed)
+            if batch_index == 0:
+                grid[entry.label] = result.images
+        if batch_index == 0:
+            grid = {
+                "low-res": low_res_preview(batch, fs, tuple(real.shape[-2:])),
+                **grid,
+                "ground truth": real,
+            }
+    return grid
+
+
+def reference_like(real: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """Reference images at the generated size (antialiased), so crops can be paired."""
+    if real.shape[-2:] == generated.shape[-2:]:
+        return real
+    return to_uint8(resize_images(from_uint8(real), tuple(generated.shape[-2:])))
+
+
+def run_zero_shot(recorder: Recorder, entries: list[Entry], generators: Generators, loader) -> Grid:
+    """Prompts and reference images from held-out shards → base LDM → CFM stages."""
+    config, grid = recorder.config, {}
+    for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
+        if "images" not in batch:
+            raise FMBoostError(
+                f"{config.data}: zero-shot evaluation needs reference images (encode with save_images)"
+            )
+        captions = batch["captions"]
+        seed = batch_seed(config.seed, batch["keys"])
+        for entry in entries:
+            output = generators.pipeline(
+                prompts=captions,
+                seed=seed,
+                nfe=entry.nfe or None,
+                solver=entry.solver,
+                num_inference_steps=config.base_steps,
+                guidance_scale=config.guidance_scale,
+            )
+            generated = torch.stack(
+                [torch.from_numpy(np.asarray(i).copy()).permute(2, 0, 1) for i in output.images]
+            )
+            real = reference_like(batch["images"], generated)
+            recorder.record(entry, generated, real, output.timings, sum(output.nfe), seed, captions)
+            if batch_index == 0:
+                grid[f"{entry.solver} {entry.nfe}"] = generated
+        if batch_index == 0:
+            grid["reference"] = reference_like(batch["images"], next(iter(grid.values())))
+    return grid
+
+
+BENCHMARKS: dict[str, Callable[[Recorder, list[Entry], Generators, object], Grid]] = {
+    "upsampling": run_upsampling,
+    "zero_shot": run_zero_shot,
+}

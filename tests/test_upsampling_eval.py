@@ -1,0 +1,61 @@
+"""The core that training validation and evaluation share."""
+
+import pytest
+import torch
+
+from fmboost.config import FlowConfig
+from fmboost.first_stage.identity import IdentityFirstStage
+from fmboost.image_processing import to_uint8
+from fmboost.models import FMBoostModel
+from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
+from tests.conftest import tiny_unet_config
+
+
+def pixel_batch(with_images: bool = True) -> dict:
+    torch.manual_seed(0)
+    x1 = torch.rand(2, 3, 16, 16) * 2 - 1
+    z_low = torch.nn.functional.avg_pool2d(x1, 2)
+    batch = {
+        "x1": x1,
+        "z_low": z_low,
+        "z_up": torch.nn.functional.interpolate(z_low, scale_factor=2.0),
+        "keys": ["a", "b"],
+    }
+    if with_images:
+        batch["images"] = to_uint8(x1)
+    return batch
+
+
+def test_baselines_decode_the_context_or_the_latent_resized_low_res():
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    assert torch.equal(baseline("context", batch, first_stage).images, to_uint8(batch["z_up"]))
+    bilinear = baseline("bilinear", batch, first_stage)
+    assert (
+        bilinear.images.shape == (2, 3, 16, 16)
+        and bilinear.nfe == 0
+        and set(bilinear.timings) == {"sample", "decode"}
+    )
+    with pytest.raises(ValueError, match="unknown baseline 'bicubicc'"):
+        baseline("bicubicc", batch, first_stage)
+
+
+def test_an_untrained_stage_without_noise_augmentation_returns_its_context():
+    """Zero velocity (zero-initialised output) keeps the ODE at x0 = z_up up to 1e-5 noise."""
+    model = FMBoostModel(tiny_unet_config(), FlowConfig(noise_aug_step=0), IdentityFirstStage().record())
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    result = upsample(model, batch, first_stage, solver="euler", nfe=4, seed=0)
+    assert result.nfe == 4 and set(result.timings) == {"sample", "decode"}
+    assert (result.images.int() - baseline("context", batch, first_stage).images.int()).abs().max() <= 1
+
+
+def test_ground_truth_prefers_stored_images_and_scores_are_per_image():
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    batch["images"] = torch.zeros_like(batch["images"])
+    assert torch.equal(ground_truth(batch, first_stage), batch["images"])
+    del batch["images"]
+    truth = ground_truth(batch, first_stage)
+    assert torch.equal(truth, to_uint8(batch["x1"]))
+    noisy = (truth.int() + torch.randint(-3, 4, truth.shape)).clamp(0, 255).to(torch.uint8)
+    scores = score(noisy, truth)
+    assert scores["psnr"].shape == (2,) and (scores["psnr"] > 35).all() and (scores["ssim"] > 0.9).all()
+    assert low_res_preview(batch, first_stage, (16, 16)).shape == (2, 3, 16, 16)
