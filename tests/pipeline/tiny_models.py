@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-from fmboost.config import FlowConfig, UNetConfig
+from fmboost.config import FlowConfig
 from fmboost.models import FMBoostModel
+from tests.conftest import tiny_unet_config
 
 
 def byte_level_vocabulary() -> list[str]:
@@ -89,18 +90,7 @@ def save_tiny_stable_diffusion(directory: Path) -> Path:
 def save_tiny_stage(directory: Path, latent_channels: int = 4, first_stage: dict | None = None) -> Path:
     """A (randomly initialised, non-zero) CFM stage for ``latent_channels``-channel latents."""
     torch.manual_seed(1)
-    unet = UNetConfig(
-        in_channels=2 * latent_channels,
-        out_channels=latent_channels,
-        model_channels=16,
-        channel_mult=[1, 2],
-        num_res_blocks=1,
-        attention_resolutions=[2],
-        num_heads=None,
-        head_channels=16,
-        norm_groups=4,
-    )
-    model = FMBoostModel(unet, FlowConfig(nfe=2), first_stage)
+    model = FMBoostModel(tiny_unet_config(latent_channels), FlowConfig(nfe=2), first_stage)
     for parameter in model.net.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
     return model.save_pretrained(directory)
