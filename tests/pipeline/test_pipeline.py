@@ -151,3 +151,15 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_sd, stage, taef2_dir, capsys
         without_base(prompts=["a fox"])
     with pytest.raises(WeightsError, match="not a diffusers pipeline directory"):
         FMBoostPipeline.from_pretrained([stage], base=str(tmp_path))
+
+
+def test_generate_accepts_a_training_run_and_uses_its_latest_checkpoint(tmp_path):
+    checkpoint = tmp_path / "runs/demo/checkpoints/step_00000004"
+    save_tiny_stage(checkpoint / "export", latent_channels=3)
+    (checkpoint / "COMPLETE").write_text("")
+    (tmp_path / "runs/demo/checkpoints/latest").write_text(checkpoint.name)
+    source = tmp_path / "photo.png"
+    Image.fromarray(((photo("chelsea", 32)[0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(source)
+    args = ["--stage", str(tmp_path / "runs/demo"), "--first-stage", "identity", "--input-image", str(source)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "00000.png").size == (64, 64)
