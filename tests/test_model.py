@@ -99,3 +99,15 @@ def test_an_export_written_before_configurable_attention_widths_loads_as_the_sam
     (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = FMBoostModel.from_pretrained(tmp_path)
     assert loaded.unet_config == model.unet_config
+
+
+@pytest.mark.parametrize("objective", ["cfm", "fm", "dm", "l1", "l2"])
+def test_every_objective_trains_exports_and_upsamples_through_the_same_model_interface(tmp_path, objective):
+    model = tiny_model(objective=objective)
+    loss = model(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16), torch.Generator().manual_seed(0))
+    loss.backward()
+    model.save_pretrained(tmp_path)
+    loaded = FMBoostModel.from_pretrained(tmp_path)
+    result = loaded.upsample(torch.rand(1, 3, 8, 8), IdentityFirstStage(), nfe=4)
+    assert result.x1.shape == (1, 3, 16, 16) and torch.isfinite(result.x1).all()
+    assert result.nfe == (1 if objective in ("l1", "l2") else 4)

@@ -2,12 +2,14 @@
 
 - ``cfm``: Coupling Flow Matching, ours: the ODE starts at the noise-augmented upsampled latent.
 - ``fm``: naive flow matching from Gaussian noise, conditioned on the upsampled latent.
+- ``dm``: conditional diffusion (v-prediction, cosine schedule), sampled with DDIM: the paper's "DM".
 - ``l1`` / ``l2``: direct regression of the high-res latent, one network call, no ODE.
 """
 
 from fmboost.config import FlowConfig, UNetConfig, require
 from fmboost.noise_schedule import NUM_STEPS
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
+from fmboost.objectives.diffusion import ConditionalDiffusion
 from fmboost.objectives.flow_matching import CouplingFlowMatching, NaiveFlowMatching
 from fmboost.objectives.regression import L1Regression, L2Regression
 from fmboost.sampling import validate_solver
@@ -38,6 +40,7 @@ __all__ = [
     "OBJECTIVES",
     "network_input_channels",
     "validate_flow",
+    "ConditionalDiffusion",
     "CouplingFlowMatching",
     "L1Regression",
     "L2Regression",

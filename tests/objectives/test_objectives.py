@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from fmboost.noise_schedule import alpha_bar
-from fmboost.objectives import OBJECTIVES, CouplingFlowMatching, L1Regression, L2Regression, NaiveFlowMatching
+from fmboost.objectives import (
+    OBJECTIVES,
+    ConditionalDiffusion,
+    CouplingFlowMatching,
+    L1Regression,
+    L2Regression,
+    NaiveFlowMatching,
+)
 from fmboost.objectives.flow_matching import interpolate, target_velocity
 
 
@@ -21,8 +28,8 @@ class RecordingNet:
 
 
 def test_registry_offers_the_four_objectives_with_one_interface():
-    assert OBJECTIVES.names() == ["cfm", "fm", "l1", "l2"]
-    assert [OBJECTIVES.get(n)().input_channels(4) for n in OBJECTIVES.names()] == [8, 8, 4, 4]
+    assert OBJECTIVES.names() == ["cfm", "dm", "fm", "l1", "l2"]
+    assert [OBJECTIVES.get(n)().input_channels(4) for n in OBJECTIVES.names()] == [8, 8, 8, 4, 4]
 
 
 def test_straight_path_interpolates_and_has_constant_velocity():
@@ -115,3 +122,40 @@ def test_bf16_inputs_still_build_the_path_in_fp32():
     x1, z_up = torch.randn(2, 4, 8, 8).bfloat16(), torch.randn(2, 4, 8, 8).bfloat16()
     loss = CouplingFlowMatching().loss(net, x1, z_up, torch.Generator().manual_seed(0))
     assert seen["input"].dtype == torch.float32 and loss.dtype == torch.float32
+
+
+def test_dm_loss_regresses_v_of_the_noised_high_res_latent_at_a_random_step():
+    x1, z_up = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    net = RecordingNet(torch.zeros(3, 4, 8, 8))
+    loss = ConditionalDiffusion().loss(net, x1, z_up, torch.Generator().manual_seed(0))
+
+    generator = torch.Generator().manual_seed(0)  # the same draws, by hand
+    noise = torch.randn(x1.shape, generator=generator)
+    steps = torch.randint(0, 1000, (3,), generator=generator)
+    signal = torch.tensor([math.sqrt(alpha_bar(int(k))) for k in steps]).view(-1, 1, 1, 1)
+    sigma = (1 - signal**2).sqrt()
+    torch.testing.assert_close(net.inputs[0], torch.cat([signal * x1 + sigma * noise, z_up], dim=1))
+    torch.testing.assert_close(net.times[0], steps.float() / 999)
+    torch.testing.assert_close(loss, ((signal * noise - sigma * x1) ** 2).mean())
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 5, 40])
+def test_ddim_with_the_exact_v_of_a_single_target_lands_on_it_in_nfe_steps(nfe):
+    """For data that is one point c, v*(x_k) is known in closed form; DDIM then recovers c exactly."""
+    target = torch.randn(2, 4, 8, 8)
+    calls = []
+
+    def exact_v(inputs, t):
+        calls.append(t)
+        x = inputs[:, :4]
+        signal = torch.tensor([math.sqrt(alpha_bar(round(float(s) * 999))) for s in t]).view(-1, 1, 1, 1)
+        sigma = (1 - signal**2).sqrt()
+        noise = torch.where(sigma > 1e-6, (x - signal * target) / sigma.clamp_min(1e-6), 0.0)  # k = 0: x is c
+        return signal * noise - sigma * target
+
+    solution = ConditionalDiffusion().sample(
+        exact_v, torch.zeros_like(target), torch.Generator().manual_seed(1), nfe=nfe
+    )
+    assert solution.nfe == nfe == len(calls)
+    torch.testing.assert_close(solution.x1, target, atol=1e-4, rtol=1e-4)
+    assert float(calls[0][0]) == 1.0 and (nfe == 1 or float(calls[-1][0]) == 0.0)
