@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from tests.conftest import tiny_unet_config
 
 def tiny_model(**flow) -> FMBoostModel:
     torch.manual_seed(0)
-    model = FMBoostModel(tiny_unet_config(), FlowConfig(nfe=4, **flow), IdentityFirstStage().record())
+    unet = replace(tiny_unet_config(), in_channels=None)  # derived from the objective
+    model = FMBoostModel(unet, FlowConfig(nfe=4, **flow), IdentityFirstStage().record())
     for parameter in model.net.parameters():  # a "trained" model: non-zero output
         torch.nn.init.normal_(parameter, std=0.05)
     return model
