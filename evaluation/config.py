@@ -6,11 +6,11 @@ from pathlib import Path
 from fmboost.config import LoggingConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
 from fmboost.sampling import SOLVERS
+from fmboost.upsampling_eval import BASELINES
 
 BENCHMARKS = ("upsampling", "zero_shot")
 METRICS = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip")
 FEATURE_METRICS = ("fid", "pfid_fmboost", "pfid_anyres")
-BASELINES = ("bilinear", "context")
 DEMO_RUN = "runs/demo"  # what `make demo` trains: the default model to evaluate
 
 
@@ -20,13 +20,15 @@ class EvalRunConfig:
 
     ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
     default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
-    stages, applied in order after ``base``. ``baselines`` need no model: ``bilinear`` resizes the
+    stages, applied in order after ``base``. ``baselines`` need no model (see
+    :mod:`fmboost.upsampling_eval`): ``bicubic`` enlarges the decoded low-res image, ``context`` decodes
+    the model's upsampled context, ``latent_bilinear`` (an ablation) resizes the
     low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise.
     """
 
     benchmark: str = "upsampling"
     models: list[str] = field(default_factory=lambda: [DEMO_RUN])
-    baselines: list[str] = field(default_factory=lambda: ["bilinear"])
+    baselines: list[str] = field(default_factory=lambda: ["bicubic", "context", "latent_bilinear"])
     data: str = "data/latents/sample/shards/000004.tar"
     num_images: int = 64
     batch_size: int = 8

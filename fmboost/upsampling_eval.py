@@ -7,8 +7,10 @@ solvers and NFE over a whole held-out set.
 
 Baselines (no model):
 
+- ``bicubic``: the low-res latent decoded and the *image* enlarged with PIL's bicubic filter: what a
+  user does without FMBoost;
 - ``context``: the model's upsampled context ``z_up`` decoded (the ODE start without noise);
-- ``bilinear``: the low-res latent resized *in latent space*: an ablation, not what a user would do.
+- ``latent_bilinear``: the low-res latent resized *in latent space*: an ablation, not a real baseline.
 
 Example:
     >>> loader, dataset = validation_loader("data/latents/val", "psu_roundtrip", batch_size=8)
@@ -20,17 +22,19 @@ Example:
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fmboost.data import LatentDataset, ValidationStream, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
 from fmboost.first_stage.base import FirstStage
-from fmboost.image_processing import from_uint8, resize_images, to_uint8
+from fmboost.image_processing import from_uint8, resize_images, to_pil, to_uint8
 from fmboost.metrics import psnr, ssim
 from fmboost.models import FMBoostModel
 
-BASELINES = ("bilinear", "context")
+BASELINES = ("bicubic", "context", "latent_bilinear")
 
 
 @dataclass
@@ -72,12 +76,26 @@ def low_res_preview(batch: dict, first_stage: FirstStage, size: tuple[int, int])
     return F.interpolate(low, size=size, mode="nearest").to(torch.uint8)
 
 
+def bicubic(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 images enlarged to ``size`` (height, width) with PIL's bicubic filter."""
+    enlarged = [
+        np.asarray(image.resize((size[1], size[0]), Image.Resampling.BICUBIC))
+        for image in to_pil(from_uint8(low))
+    ]
+    return torch.from_numpy(np.stack(enlarged)).permute(0, 3, 1, 2).contiguous()
+
+
 def baseline(name: str, batch: dict, first_stage: FirstStage) -> Upsampled:
     """One of :data:`BASELINES` for ``batch``."""
     started = time.perf_counter()
+    if name == "bicubic":
+        low = decode(first_stage, batch["z_low"])
+        factor = batch["x1"].shape[-1] // batch["z_low"].shape[-1]
+        images = bicubic(low, (low.shape[-2] * factor, low.shape[-1] * factor))
+        return Upsampled(images, 0, {"sample": 0.0, "decode": time.perf_counter() - started})
     if name == "context":
         latents = batch["z_up"]
-    elif name == "bilinear":
+    elif name == "latent_bilinear":
         latents = resize_images(batch["z_low"], tuple(batch["x1"].shape[-2:]), "bilinear")
     else:
         raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")

@@ -63,7 +63,7 @@ else
 fi
 
 echo
-echo "=== FMBoost demo: CFM against the bilinear baseline on held-out samples"
+echo "=== FMBoost demo: CFM against its baselines on held-out photos (bicubic: what you get without FMBoost; context: the upsampled context CFM starts from; latent_bilinear: an ablation)"
 cat "$RESULTS/results.md"
 echo
 echo "stage timings (s): sample data ${SECONDS_TAKEN[sample data]}, encode ${SECONDS_TAKEN[encode shards]}," \

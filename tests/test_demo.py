@@ -22,11 +22,14 @@ def run_demo(root, **environment) -> subprocess.CompletedProcess:
 def test_the_demo_composes_the_three_commands_and_skips_finished_work_on_a_rerun(tmp_path):
     first = run_demo(tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "CFM against the bilinear baseline" in first.stdout and "| bilinear | - |" in first.stdout
+    assert (
+        "CFM against its baselines on held-out photos" in first.stdout and "| bicubic | - |" in first.stdout
+    )
     assert "stage timings (s):" in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
     results = json.loads((tmp_path / "results/demo/results.json").read_text())["results"]
     assert {(r["model"], r["solver"]) for r in results} >= {
-        ("bilinear", "-"),
+        ("bicubic", "-"),
+        ("context", "-"),
         ("demo", "euler"),
         ("demo", "midpoint"),
     }

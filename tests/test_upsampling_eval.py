@@ -1,5 +1,6 @@
 """The core that training validation and evaluation share."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ def pixel_batch(with_images: bool = True) -> dict:
 def test_baselines_decode_the_context_or_the_latent_resized_low_res():
     batch, first_stage = pixel_batch(), IdentityFirstStage()
     assert torch.equal(baseline("context", batch, first_stage).images, to_uint8(batch["z_up"]))
-    bilinear = baseline("bilinear", batch, first_stage)
+    bilinear = baseline("latent_bilinear", batch, first_stage)
     assert (
         bilinear.images.shape == (2, 3, 16, 16)
         and bilinear.nfe == 0
@@ -59,3 +60,14 @@ def test_ground_truth_prefers_stored_images_and_scores_are_per_image():
     scores = score(noisy, truth)
     assert scores["psnr"].shape == (2,) and (scores["psnr"] > 35).all() and (scores["ssim"] > 0.9).all()
     assert low_res_preview(batch, first_stage, (16, 16)).shape == (2, 3, 16, 16)
+
+
+def test_the_bicubic_baseline_enlarges_the_decoded_low_res_image_with_pil():
+    from PIL import Image
+
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    result = baseline("bicubic", batch, first_stage)
+    low = to_uint8(batch["z_low"])[0].permute(1, 2, 0).numpy()
+    expected = np.asarray(Image.fromarray(low).resize((16, 16), Image.Resampling.BICUBIC))
+    assert result.images.shape == (2, 3, 16, 16) and result.images.dtype == torch.uint8
+    assert np.array_equal(result.images[0].permute(1, 2, 0).numpy(), expected)

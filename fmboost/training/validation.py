@@ -2,7 +2,8 @@
 
 Logs the loss on that batch (fixed noise), PSNR/SSIM of the decoded CFM output against the ground truth
 (the stored images when the shards have them, else the decoded high-res latents), the same for the
-upsampled context as the honest baseline, and a grid with rows of (low-res | CFM | ground truth).
+honest baselines (``bicubic``: the decoded low-res image enlarged; ``context``: the decoded upsampled
+context), and a grid with rows of (low-res | bicubic | CFM | ground truth).
 The steps are :mod:`fmboost.upsampling_eval`'s, shared with ``evaluation/run_benchmarks.py``.
 """
 
@@ -16,7 +17,7 @@ from fmboost.image_processing import save_grid
 from fmboost.models import FMBoostModel
 from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
 
-VALIDATION_BASELINES = ("context",)
+VALIDATION_BASELINES = ("bicubic", "context")
 
 
 class Validator:
@@ -51,13 +52,16 @@ class Validator:
         metrics |= {
             f"val/{name}": values.mean().item() for name, values in score(result.images, self.truth).items()
         }
-        for name in VALIDATION_BASELINES:
-            images = baseline(name, self.batch, self.first_stage).images
+        baselines = {
+            name: baseline(name, self.batch, self.first_stage).images for name in VALIDATION_BASELINES
+        }
+        for name, images in baselines.items():
             metrics |= {
                 f"val/{metric}_{name}": v.mean().item() for metric, v in score(images, self.truth).items()
             }
         columns = {
             "low-res": low_res_preview(self.batch, self.first_stage, tuple(self.truth.shape[-2:])),
+            "bicubic": baselines["bicubic"],
             "CFM": result.images,
             "ground truth": self.truth,
         }

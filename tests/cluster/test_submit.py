@@ -129,5 +129,5 @@ def test_an_evaluation_config_runs_as_local_array_tasks_and_the_last_one_merges(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("'merged': True") == 1
     rows = json.loads((tmp_path / "results" / "results.json").read_text())["results"]
-    assert {row["model"] for row in rows} == {"bilinear", "context", "model"}
+    assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "model"}
     assert all(row["images"] == 16 for row in rows)

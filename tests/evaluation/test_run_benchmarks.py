@@ -57,13 +57,14 @@ def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setu
             tmp_path / "results",
             "nfe=[1,2,4]",
             "solvers=[euler,midpoint,dopri5]",
-            "baselines=[bilinear,context]",
+            "baselines=[bicubic,context,latent_bilinear]",
         ),
     )
     result = run(config, extractor=pixel_features)
     rows = {(row["model"], row["solver"], row["nfe"]): row for row in result["rows"]}
     assert set(rows) == {
-        ("bilinear", "-", 0),
+        ("bicubic", "-", 0),
+        ("latent_bilinear", "-", 0),
         ("context", "-", 0),
         ("model", "euler", 1),
         ("model", "euler", 2),
@@ -82,7 +83,7 @@ def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setu
 
     results = tmp_path / "results"
     saved = json.loads((results / "results.json").read_text())
-    assert len(saved["results"]) == 8 and saved["settings"]["nfe"] == [1, 2, 4]
+    assert len(saved["results"]) == 9 and saved["settings"]["nfe"] == [1, 2, 4]
     assert (results / "results.md").read_text().startswith("| model | solver | NFE |")
     assert {p.name for p in (results / "plots").iterdir()} >= {
         "psnr_vs_nfe.png",
@@ -95,7 +96,7 @@ def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setu
     assert {
         "model/euler/psnr",
         "model/euler/fid",
-        "bilinear/-/psnr",
+        "bicubic/-/psnr",
         "model/dopri5/seconds_per_image",
     } <= set(run_data.metrics)
     assert [m.step for m in client.get_metric_history(result["mlflow_run_id"], "model/euler/psnr")] == [
@@ -140,7 +141,7 @@ def test_results_go_to_a_real_mlflow_server(tmp_path, setup, mlflow_server):
     )
     result = run(config)
     metrics = MlflowClient(uri).get_run(result["mlflow_run_id"]).data.metrics
-    assert {"model/euler/psnr", "model/euler/ssim", "bilinear/-/psnr"} <= set(metrics)
+    assert {"model/euler/psnr", "model/euler/ssim", "bicubic/-/psnr"} <= set(metrics)
 
 
 def test_without_inception_the_default_run_skips_feature_metrics_with_one_warning(tmp_path, setup, caplog):
@@ -244,4 +245,4 @@ def test_the_default_evaluates_the_demo_run_and_asks_for_make_demo_when_there_is
     ]
     assert main([*defaults, "metrics=[psnr,ssim]"]) == 0
     rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
-    assert {row["model"] for row in rows} == {"bilinear", "demo"}
+    assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "demo"}

@@ -75,6 +75,8 @@ def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_pat
         "val/psnr",
         "val/ssim",
         "val/loss",
+        "val/psnr_bicubic",
+        "val/psnr_context",
     } <= set(run.data.metrics)
     assert run.data.params["train.lr"] == "0.001" and run.data.params["model.model_channels"] == "16"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
