@@ -56,6 +56,7 @@ def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generat
     for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
         real = ground_truth(batch, fs)
         seed = batch_seed(recorder.config.seed, batch["keys"])
+        upscale = batch["x1"].shape[-1] // batch["z_low"].shape[-1]
         for entry in entries:
             if entry.is_baseline:
                 result = baseline(entry.model, batch, fs)
@@ -63,7 +64,7 @@ def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generat
                 result = upsample(
                     generators.models[entry.model], batch, fs, entry.solver, entry.nfe or None, seed
                 )
-            recorder.record(entry, result.images, real, result.timings, result.nfe, seed)
+            recorder.record(entry, result.images, real, result.timings, result.nfe, seed, upscale=upscale)
             if batch_index == 0:
                 grid[entry.label] = result.images
         if batch_index == 0:

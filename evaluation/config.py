@@ -9,7 +9,8 @@ from fmboost.sampling import SOLVERS
 from fmboost.upsampling_eval import BASELINES
 
 BENCHMARKS = ("upsampling", "zero_shot")
-METRICS = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip")
+METRICS = ("psnr", "ssim", "hf_ratio", "spectral_distance", "fid", "pfid_fmboost", "pfid_anyres", "clip")
+DETAIL_METRICS = ("hf_ratio", "spectral_distance")
 FEATURE_METRICS = ("fid", "pfid_fmboost", "pfid_anyres")
 DEMO_RUN = "runs/demo"  # what `make demo` trains: the default model to evaluate
 
@@ -34,7 +35,17 @@ class EvalRunConfig:
     batch_size: int = 8
     solvers: list[str] = field(default_factory=lambda: ["euler"])
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10, 20, 40, 50])
-    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres"])
+    metrics: list[str] = field(
+        default_factory=lambda: [
+            "psnr",
+            "ssim",
+            "hf_ratio",
+            "spectral_distance",
+            "fid",
+            "pfid_fmboost",
+            "pfid_anyres",
+        ]
+    )
     require_feature_metrics: bool = False
     inception_path: str = "~/.cache/clean-fid/inception-2015-12-05.pt"
     clip_model: str = "openai/clip-vit-large-patch14"

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from evaluation.clip_score import ClipScorer
-from evaluation.config import EvalRunConfig
+from evaluation.config import DETAIL_METRICS, EvalRunConfig
+from evaluation.detail_metrics import detail_metrics
 from evaluation.entries import Entry
 from evaluation.features import FeatureExtractor
 from evaluation.parts import Part, Sums
@@ -75,11 +76,18 @@ class Recorder:
         nfe_used: int,
         seed: int,
         captions: list[str] | None = None,
+        upscale: int | None = None,
     ) -> None:
-        """Add one batch of generated images (uint8) against the real ones; ``timings`` in s per stage."""
+        """Add one batch of generated images (uint8) against the real ones; ``timings`` in s per stage.
+
+        ``upscale`` (the factor from the low-res input) sets the band of the detail metrics.
+        """
         scores: dict[str, float] = {}
         if self.config.benchmark == "upsampling":
             scores |= {name: float(values.sum()) for name, values in score(generated, real).items()}
+        if upscale is not None and any(metric in self.metrics for metric in DETAIL_METRICS):
+            details = detail_metrics(generated, real, upscale)
+            scores |= {name: float(values.sum()) for name, values in details.items() if name in self.metrics}
         if self.clip is not None and captions is not None:
             scores["clip"] = float(self.clip(generated, captions).sum())
         batch = Sums(len(generated), sum(timings.values()), nfe_used * len(generated), scores, dict(timings))

@@ -16,13 +16,25 @@ COLUMNS = [
     ("nfe_used", "NFE used"),
     ("psnr", "PSNR ↑"),
     ("ssim", "SSIM ↑"),
+    ("hf_ratio", "HF ratio (1 ideal)"),
+    ("spectral_distance", "spectral dist. ↓"),
     ("fid", "FID ↓"),
     ("pfid_fmboost", "p-FID ↓"),
     ("pfid_anyres", "p-FID (any-res) ↓"),
     ("clip", "CLIP ↑"),
     ("seconds_per_image", "s/img"),
 ]
-PLOTTED = ("psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "clip", "seconds_per_image")
+PLOTTED = (
+    "psnr",
+    "ssim",
+    "hf_ratio",
+    "spectral_distance",
+    "fid",
+    "pfid_fmboost",
+    "pfid_anyres",
+    "clip",
+    "seconds_per_image",
+)
 
 
 def format_value(value: Any) -> str:

@@ -75,7 +75,15 @@ def test_an_nfe_sweep_writes_results_plots_grid_and_an_mlflow_run(tmp_path, setu
     }
     for row in rows.values():
         assert row["images"] == 16
-        assert {"psnr", "ssim", "fid", "pfid_fmboost", "pfid_anyres", "seconds_per_image"} <= set(row)
+        assert {
+            "psnr",
+            "ssim",
+            "hf_ratio",
+            "spectral_distance",
+            "fid",
+            "pfid_fmboost",
+            "seconds_per_image",
+        } <= set(row)
         assert row["seconds_per_image"] == pytest.approx(
             row["seconds_per_image_sample"] + row["seconds_per_image_decode"]
         )
