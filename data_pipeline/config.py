@@ -8,7 +8,7 @@ from fmboost.errors import ConfigError
 from fmboost.first_stage import FIRST_STAGES
 
 PSU_VARIANTS = ("psu_roundtrip", "psu_pixel")
-CROPS = ("center", "random")
+CROPS = ("center", "random", "random_window")
 SMALL_IMAGE_POLICIES = ("reject", "upscale")
 
 
@@ -17,7 +17,13 @@ class EncodeConfig:
     """What to encode, how to preprocess it, and how to split the work.
 
     ``input`` is a brace pattern of img2dataset tars (``/data/{00000..00127}.tar``), a directory of
-    tars, or a plain folder of images (captions from sidecar ``.txt`` files).
+    tars, or a folder or zip of images (captions from sidecar ``.txt`` files), cut into shards of
+    ``images_per_shard`` images.
+
+    ``crop``: ``center`` or ``random`` take the square of the short side (resized to ``high_res``),
+    centred or at a seeded offset; ``random_window`` takes ``high_res``² windows at the image's own
+    resolution (no resizing, so fine detail stays as photographed). ``crops_per_image`` crops are taken
+    from each image, each a sample of its own (``KEY_cNN``) with its box recorded in its ``.json``.
     """
 
     input: str = "data/sample/shards/{00000..00004}.tar"
@@ -29,6 +35,8 @@ class EncodeConfig:
     crop: str = "center"
     small_images: str = "reject"
     max_aspect_ratio: float | None = None
+    crops_per_image: int = 1
+    images_per_shard: int = 1000
     save_images: bool = True
     jpeg_quality: int = 95
     batch_size: int = 16
@@ -57,6 +65,12 @@ def validate_encode_config(config: EncodeConfig) -> None:
         )
     if config.max_aspect_ratio is not None and config.max_aspect_ratio < 1:
         raise ConfigError("max_aspect_ratio: must be at least 1 (long side / short side)")
+    if config.crops_per_image < 1 or config.images_per_shard < 1:
+        raise ConfigError("crops_per_image and images_per_shard must be positive")
+    if config.crops_per_image > 1 and config.crop == "center":
+        raise ConfigError(
+            "crops_per_image: several centre crops would be identical; use crop=random or random_window"
+        )
     if config.batch_size < 1 or config.num_workers < 0:
         raise ConfigError("batch_size must be positive and num_workers not negative")
     if (config.task_index is None) != (config.num_tasks is None):

@@ -72,7 +72,12 @@ def encode_shard(
     final.unlink(missing_ok=True)  # a tar without its stats file was never declared complete
     stats = schema.ShardStats(source=shard.name)
     settings = PreprocessSettings(
-        config.high_res, config.crop, config.small_images, config.max_aspect_ratio, config.seed
+        config.high_res,
+        config.crop,
+        config.small_images,
+        config.max_aspect_ratio,
+        config.seed,
+        config.crops_per_image,
     )
     loader = DataLoader(
         ShardSamples(shard, settings),
@@ -141,7 +146,7 @@ class RunSummary:
 def run(config: EncodeConfig) -> RunSummary:
     """Encode this task's share of the input shards; returns what was done."""
     started = time.perf_counter()
-    shards = list_input_shards(config.input)
+    shards = list_input_shards(config.input, config.images_per_shard)
     root = Path(config.output).expanduser()
     (root / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     first_stage = build_first_stage(config.first_stage)

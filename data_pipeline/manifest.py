@@ -71,6 +71,7 @@ def describe_dataset(config: EncodeConfig, first_stage: FirstStage, shards: list
         has_images=config.save_images,
         preprocessing={
             "crop": config.crop,
+            "crops_per_image": config.crops_per_image,
             "small_images": config.small_images,
             "max_aspect_ratio": config.max_aspect_ratio,
             "seed": config.seed,

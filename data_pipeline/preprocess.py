@@ -6,6 +6,7 @@ resize the short side to ``high_res`` (PIL's antialiased bicubic) and crop a squ
 position derived from the key (so reruns crop identically).
 """
 
+import copy
 import hashlib
 import io
 import json
@@ -58,6 +59,7 @@ class PreprocessSettings:
     small_images: str = "reject"
     max_aspect_ratio: float | None = None
     seed: int = 0
+    crops_per_image: int = 1
 
 
 class ImageRejected(Exception):
@@ -104,19 +106,37 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageRejected(Reason.UNDECODABLE_IMAGE, f"cannot convert mode {image.mode}: {error}") from None
 
 
+def seeded_offset(key: str, slack: int, seed: int, salt: str = "") -> int:
+    """A pseudo-random offset in ``[0, slack]``, fixed per key, seed and salt (so reruns are identical)."""
+    digest = hashlib.sha256(f"{seed}:{key}{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (slack + 1)
+
+
 def crop_offset(key: str, slack: int, settings: PreprocessSettings) -> int:
     """Offset of the square along the long side: centred, or pseudo-random but fixed per key and seed."""
     if settings.crop == "center" or slack == 0:
         return slack // 2
-    digest = hashlib.sha256(f"{settings.seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (slack + 1)
+    return seeded_offset(key, slack, settings.seed)
+
+
+def window_crop(
+    image: Image.Image, key: str, settings: PreprocessSettings
+) -> tuple[Image.Image, list[int], bool]:
+    """A ``high_res``² window at the image's own resolution, at a seeded position."""
+    side, (width, height) = settings.high_res, image.size
+    left, top = (
+        seeded_offset(key, width - side, settings.seed, ":x"),
+        seeded_offset(key, height - side, settings.seed, ":y"),
+    )
+    box = [left, top, left + side, top + side]
+    return image.crop(tuple(box)), box, False
 
 
 def square_crop(
     image: Image.Image, key: str, settings: PreprocessSettings
 ) -> tuple[Image.Image, list[int], bool]:
-    """Resize the short side to ``high_res`` and crop a square; returns the crop, its box in source
-    pixels and whether the image had to be upscaled."""
+    """Resize the short side to ``high_res`` and crop a square (or, for ``random_window``, cut a window
+    at native resolution); returns the crop, its box in source pixels and whether it was upscaled."""
     width, height = image.size
     short, long = min(width, height), max(width, height)
     if settings.max_aspect_ratio is not None and long / short > settings.max_aspect_ratio:
@@ -126,6 +146,8 @@ def square_crop(
     upscaled = short < settings.high_res
     if upscaled and settings.small_images == "reject":
         raise ImageRejected(Reason.TOO_SMALL, f"short side {short} px < {settings.high_res} px")
+    if settings.crop == "random_window" and not upscaled:
+        return window_crop(image, key, settings)
     offset = crop_offset(key, long - short, settings)
     left, top = (offset, 0) if width >= height else (0, offset)
     box = [left, top, left + short, top + short]
@@ -151,25 +173,39 @@ def read_metadata(sample: RawSample) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {"source_json": loaded}
 
 
-def preprocess(sample: RawSample, settings: PreprocessSettings, shard_name: str) -> Prepared | Rejected:
-    """Turn one raw sample into a :class:`Prepared` crop or a :class:`Rejected` record; never raises
-    for bad data."""
+def crop_keys(key: str, crops_per_image: int) -> list[str]:
+    """One key per crop: the sample's own key for one crop, ``KEY_cNN`` for several."""
+    return [key] if crops_per_image == 1 else [f"{key}_c{index:02d}" for index in range(crops_per_image)]
+
+
+def preprocess(sample: RawSample, settings: PreprocessSettings, shard_name: str) -> list[Prepared] | Rejected:
+    """Turn one raw sample into ``crops_per_image`` :class:`Prepared` crops or one :class:`Rejected`
+    record; never raises for bad data."""
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.files), None)
     if image_ext is None:
         found = ", ".join(sorted(sample.files)) or "nothing"
         return Rejected(sample.key, Reason.MISSING_IMAGE, f"no image file, found {found}")
     try:
         image = decode_image(sample.files[image_ext])
-        crop, box, upscaled = square_crop(image, sample.key, settings)
+        crops = [
+            (key, *square_crop(image, key, settings))
+            for key in crop_keys(sample.key, settings.crops_per_image)
+        ]
     except ImageRejected as rejection:
         return Rejected(sample.key, rejection.reason, str(rejection))
-    metadata = read_metadata(sample)
-    caption = read_caption(sample, metadata)
-    metadata["fmboost"] = {
-        "source_shard": shard_name,
-        "source_size": list(image.size),
-        "crop_box": box,
-        "upscaled": upscaled,
-    }
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return Prepared(sample.key, pixels, caption, metadata, upscaled)
+    source_metadata = read_metadata(sample)
+    caption = read_caption(sample, source_metadata)
+    prepared = []
+    for index, (key, crop, box, upscaled) in enumerate(crops):
+        metadata = copy.deepcopy(source_metadata)
+        metadata["fmboost"] = {
+            "source_shard": shard_name,
+            "source_key": sample.key,
+            "source_size": list(image.size),
+            "crop_box": box,
+            "crop_index": index,
+            "upscaled": upscaled,
+        }
+        pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+        prepared.append(Prepared(key, pixels, caption, metadata, upscaled))
+    return prepared

@@ -29,7 +29,8 @@ class ShardSamples(IterableDataset):
                     yield item
                 return
             if index % workers == worker:
-                yield preprocess(item, self.settings, self.shard.name)
+                result = preprocess(item, self.settings, self.shard.name)
+                yield from result if isinstance(result, list) else [result]
 
 
 def as_list(batch: list[Item]) -> list[Item]:

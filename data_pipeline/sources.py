@@ -1,10 +1,15 @@
-"""Reading raw input samples: img2dataset webdataset tars, or a plain folder of images.
+"""Reading raw input samples: img2dataset webdataset tars, a folder of images, or a zip of images.
+
+Folders (searched recursively) and zips hold ``.jpg``/``.jpeg``/``.png``/``.webp`` images with optional
+sidecars of the same stem (``.txt`` caption, ``.json`` metadata); they are listed in sorted order and
+cut into shards of ``images_per_shard`` samples, so the sharding is deterministic and resumable.
 
 Tars are read as a stream, so a truncated or corrupt tar yields every sample before the break; the
 break itself is reported (with the key of the sample it cut) instead of being raised.
 """
 
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +41,13 @@ class TarBreak:
 
 @dataclass(frozen=True)
 class InputShard:
-    """One unit of work: a tar, or a slice of a sorted folder listing (``path`` is then the folder)."""
+    """One unit of work: a tar, or a slice of a sorted folder or zip listing (``path``: the folder/zip)."""
 
     index: int
     name: str
     path: Path
     folder_files: tuple[Path, ...] = ()
+    zip_members: tuple[str, ...] = ()
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -92,57 +98,96 @@ def iter_tar(path: Path) -> Iterator[RawSample | TarBreak]:
         yield current
 
 
-def iter_folder(files: tuple[Path, ...], root: Path) -> Iterator[RawSample]:
-    """Group a sorted folder slice by file stem: an image plus optional ``.txt``/``.json`` sidecars."""
-    current: RawSample | None = None
-    for path in files:
-        relative = path.relative_to(root).with_suffix("")
-        key = str(relative).replace(".", "_")
-        extension = path.suffix.lower().lstrip(".")
-        if current is not None and key != current.key:
-            yield current
-            current = None
-        if current is None:
-            current = RawSample(key)
-        current.files[extension] = path.read_bytes()
-    if current is not None:
-        yield current
+WANTED_EXTENSIONS = {*IMAGE_EXTENSIONS, "txt", "json"}
+
+
+def group_by_stem(names: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Sorted ``(stem, names)`` groups of relative paths: an image and its sidecars share a stem."""
+    current, group = None, []
+    for name in sorted(names, key=lambda n: (n.rsplit(".", 1)[0], n)):
+        stem = name.rsplit(".", 1)[0]
+        if group and stem != current:
+            yield current, group
+            group = []
+        current = stem
+        group.append(name)
+    if group:
+        yield current, group
+
+
+def sample_key(stem: str) -> str:
+    """A webdataset key for a relative path stem (dots would split it into extensions)."""
+    return stem.replace(".", "_")
+
+
+def iter_listing(names: tuple[str, ...], read) -> Iterator[RawSample]:
+    """Samples of a sorted listing slice, each file read with ``read(name)``."""
+    for stem, group in group_by_stem(list(names)):
+        yield RawSample(sample_key(stem), {name.rsplit(".", 1)[1].lower(): read(name) for name in group})
 
 
 def iter_shard(shard: InputShard) -> Iterator[RawSample | TarBreak]:
     if shard.folder_files:
-        yield from iter_folder(shard.folder_files, shard.path)
+        names = tuple(str(p.relative_to(shard.path)) for p in shard.folder_files)
+        yield from iter_listing(names, lambda name: (shard.path / name).read_bytes())
+    elif shard.zip_members:
+        with zipfile.ZipFile(shard.path) as archive:
+            yield from iter_listing(shard.zip_members, archive.read)
     else:
         yield from iter_tar(shard.path)
 
 
-def folder_shards(root: Path, shard_size: int = FOLDER_SHARD_SIZE) -> list[InputShard]:
-    """A folder of images, cut into shards of ``shard_size`` samples in sorted order."""
-    wanted = {*IMAGE_EXTENSIONS, "txt", "json"}
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted),
-        key=lambda p: (str(p.with_suffix("")), p.suffix),
-    )
-    stems: list[Path] = []
-    for path in files:
-        stem = path.with_suffix("")
-        if not stems or stems[-1] != stem:
-            stems.append(stem)
+def wanted(name: str) -> bool:
+    return "." in name and name.rsplit(".", 1)[1].lower() in WANTED_EXTENSIONS
+
+
+def listing_shards(path: Path, names: list[str], shard_size: int) -> list[tuple[int, str, tuple[str, ...]]]:
+    """``(index, name, members)`` of each shard of ``shard_size`` samples of a sorted listing."""
+    groups = list(group_by_stem(names))
     shards = []
-    for index, start in enumerate(range(0, len(stems), shard_size)):
-        chosen = set(stems[start : start + shard_size])
-        members = tuple(p for p in files if p.with_suffix("") in chosen)
-        shards.append(InputShard(index, f"{root.name}[{start}:{start + len(chosen)}]", root, members))
+    for index, start in enumerate(range(0, len(groups), shard_size)):
+        chosen = groups[start : start + shard_size]
+        members = tuple(name for _, group in chosen for name in group)
+        shards.append((index, f"{path.name}[{start}:{start + len(chosen)}]", members))
     return shards
 
 
-def list_input_shards(spec: str) -> list[InputShard]:
-    """Resolve ``input``: a brace pattern or path of tars, a directory of tars, or a folder of images."""
+def folder_shards(root: Path, shard_size: int = FOLDER_SHARD_SIZE) -> list[InputShard]:
+    """A folder of images (recursively), cut into shards of ``shard_size`` samples in sorted order."""
+    names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and wanted(p.name)]
+    return [
+        InputShard(index, name, root, tuple(root / member for member in members))
+        for index, name, members in listing_shards(root, names, shard_size)
+    ]
+
+
+def zip_shards(path: Path, shard_size: int = FOLDER_SHARD_SIZE) -> list[InputShard]:
+    """A zip of images, cut into shards of ``shard_size`` samples in sorted member order."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [
+                info.filename for info in archive.infolist() if not info.is_dir() and wanted(info.filename)
+            ]
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConfigError(f"input: {path} is not a readable zip ({error})") from None
+    return [
+        InputShard(index, name, path, zip_members=members)
+        for index, name, members in listing_shards(path, names, shard_size)
+    ]
+
+
+def list_input_shards(spec: str, images_per_shard: int = FOLDER_SHARD_SIZE) -> list[InputShard]:
+    """Resolve ``input``: a brace pattern or path of tars, a directory of tars, a folder or zip of images."""
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".zip":
+        shards = zip_shards(path, images_per_shard)
+        if not shards:
+            raise ConfigError(f"input: {path} holds no images")
+        return shards
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
         if not tars:
-            shards = folder_shards(path)
+            shards = folder_shards(path, images_per_shard)
             if not shards:
                 raise ConfigError(f"input: {path} holds neither .tar shards nor images")
             return shards

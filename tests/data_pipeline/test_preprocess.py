@@ -20,7 +20,9 @@ SETTINGS = PreprocessSettings(high_res=32)
 
 
 def run(files: dict[str, bytes], settings: PreprocessSettings = SETTINGS) -> Prepared | Rejected:
-    return preprocess(RawSample("k", files), settings, "00000.tar")
+    """The one crop of a single-crop setting, or the rejection."""
+    result = preprocess(RawSample("k", files), settings, "00000.tar")
+    return result[0] if isinstance(result, list) else result
 
 
 def test_a_good_jpeg_becomes_a_square_uint8_crop_with_caption_and_provenance():
@@ -31,8 +33,10 @@ def test_a_good_jpeg_becomes_a_square_uint8_crop_with_caption_and_provenance():
     assert result.metadata["url"] == "u"
     assert result.metadata["fmboost"] == {
         "source_shard": "00000.tar",
+        "source_key": "k",
         "source_size": [80, 64],
         "crop_box": [8, 0, 72, 64],
+        "crop_index": 0,
         "upscaled": False,
     }
 
@@ -129,3 +133,18 @@ def test_decompression_bombs_are_rejected(monkeypatch):
 def test_preprocessing_never_raises_on_garbage_of_any_kind():
     for garbage in (b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, io.BytesIO(b"GIF89a").getvalue()):
         assert isinstance(run({"png": garbage}), Rejected)
+
+
+def test_several_random_windows_per_image_are_native_resolution_seeded_and_recorded():
+    image = gradient_image(120, 90)
+    settings = PreprocessSettings(high_res=32, crop="random_window", crops_per_image=3, seed=7)
+    crops = preprocess(RawSample("k", {"png": image_bytes(image, "PNG")}), settings, "folder[0:1]")
+    assert [c.key for c in crops] == ["k_c00", "k_c01", "k_c02"]
+    boxes = [c.metadata["fmboost"]["crop_box"] for c in crops]
+    assert len({tuple(b) for b in boxes}) == 3 and all(b[2] - b[0] == b[3] - b[1] == 32 for b in boxes)
+    for crop, box in zip(crops, boxes, strict=True):  # a window of the source pixels, not resized
+        window = np.asarray(image.crop(tuple(box)))
+        assert np.array_equal(crop.pixels.permute(1, 2, 0).numpy(), window)
+        assert crop.metadata["fmboost"]["source_key"] == "k"
+    again = preprocess(RawSample("k", {"png": image_bytes(image, "PNG")}), settings, "folder[0:1]")
+    assert [c.metadata["fmboost"]["crop_box"] for c in again] == boxes

@@ -63,3 +63,38 @@ def test_a_plain_folder_of_images_with_sidecar_captions(tmp_path):
     shards = list_input_shards(str(tmp_path))
     samples = list(iter_shard(shards[0]))
     assert [(s.key, sorted(s.files)) for s in samples] == [("b", ["png", "txt"]), ("sub/a_photo", ["jpg"])]
+
+
+def test_a_zip_of_images_is_sharded_like_the_same_folder(tmp_path):
+    import zipfile
+
+    from tests.data_pipeline.builders import gradient_image, image_bytes
+
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    for index, name in enumerate(["a1.jpg", "a2.png", "b/c1.webp", "b/c2.jpeg", "z.jpg"]):
+        fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[name.rsplit(".", 1)[1]]
+        (folder / name).write_bytes(image_bytes(gradient_image(40, 30, index), fmt))
+    (folder / "b/c1.txt").write_text("a caption")
+    (folder / "notes.md").write_text("not an image")
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(path.relative_to(folder)))
+
+    from_folder = list_input_shards(str(folder), images_per_shard=2)
+    from_zip = list_input_shards(str(tmp_path / "photos.zip"), images_per_shard=2)
+    assert len(from_folder) == len(from_zip) == 3
+    folder_samples = [s for shard in from_folder for s in iter_shard(shard)]
+    zip_samples = [s for shard in from_zip for s in iter_shard(shard)]
+    assert (
+        [s.key for s in folder_samples] == [s.key for s in zip_samples] == ["a1", "a2", "b/c1", "b/c2", "z"]
+    )
+    assert [s.files for s in folder_samples] == [s.files for s in zip_samples]
+    assert zip_samples[2].files["txt"] == b"a caption"
+
+
+def test_a_broken_zip_is_a_clear_error(tmp_path):
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="broken.zip is not a readable zip"):
+        list_input_shards(str(tmp_path / "broken.zip"))
