@@ -36,8 +36,9 @@ class Tracker:
         experiment: str,
         run_name: str | None = None,
         enabled: bool = True,
+        parent_run_id: str | None = None,
     ) -> None:
-        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.run_dir, self.enabled, self.parent_run_id = Path(run_dir), enabled, parent_run_id
         self.tracking_uri = tracking_uri or default_tracking_uri(self.run_dir)
         self.experiment, self.run_name = experiment, run_name
         self.run_id: str | None = None
@@ -72,7 +73,8 @@ class Tracker:
             experiment_id = client.create_experiment(self.experiment, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=self.run_name or self.run_dir.name)
+        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+        run = client.create_run(experiment_id, run_name=self.run_name or self.run_dir.name, tags=tags)
         self.run_id = run.info.run_id
         saved.write_text(self.run_id)
 

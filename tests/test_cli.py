@@ -10,7 +10,14 @@ from fmboost.cli import report_errors
 from fmboost.errors import ConfigError, FMBoostError
 
 BIN = Path(sys.executable).parent
-COMMANDS = ["fmboost-encode", "fmboost-train", "fmboost-submit", "fmboost-generate", "fmboost-eval"]
+COMMANDS = [
+    "fmboost-encode",
+    "fmboost-train",
+    "fmboost-submit",
+    "fmboost-generate",
+    "fmboost-eval",
+    "fmboost-experiment",
+]
 
 
 def test_library_errors_name_the_parameter_and_the_command_names_its_flag(capsys):

@@ -1,0 +1,106 @@
+"""Configuration of ``evaluation/run_experiment.py`` (``configs/experiments/*.yaml``).
+
+An experiment names a data recipe (image folders and encode settings), a base training config and a
+list of *arms* (a name and training overrides each). Every arm trains on the same encoded data with the
+same budget and is evaluated on one held-out set with one seed list.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.config import EncodeConfig, validate_encode_config
+from evaluation.config import EvalRunConfig, validate_eval_config
+from fmboost.config import FirstStageConfig, LoggingConfig, merge_layers, read_layers
+from fmboost.errors import ConfigError
+from fmboost.first_stage import validate_first_stage
+
+CLUSTER_BACKENDS = ("local", "slurm", "auto")
+
+
+@dataclass
+class ArmConfig:
+    """One arm: a name for the results and the training overrides that make it differ."""
+
+    name: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentClusterConfig:
+    """Where the arms train (``cluster/submit.py`` flags); Slurm runs the arms in parallel."""
+
+    backend: str = "local"
+    nodes: int = 1
+    gpus_per_node: int = 1
+    partition: str | None = None
+    time_minutes: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """See the module docstring; every relative path is relative to the working directory."""
+
+    name: str = "experiment"
+    train_images: list[str] = field(default_factory=list)
+    eval_images: list[str] = field(default_factory=list)
+    holdout_every: int = 0
+    results_dir: str = "results/experiment"
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    encode: dict[str, Any] = field(default_factory=dict)
+    train_crops_per_image: int = 1
+    eval_crops_per_image: int = 1
+    train_config: str = "configs/experiments/mini_train.yaml"
+    train_overrides: list[str] = field(default_factory=list)
+    arms: list[ArmConfig] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    cluster: ExperimentClusterConfig = field(default_factory=ExperimentClusterConfig)
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-experiments"))
+
+    def encode_config(self, images: Path, output: Path, crops_per_image: int, seed: int) -> EncodeConfig:
+        """The data recipe applied to one image folder."""
+        settings = {**self.encode, "input": str(images), "output": str(output)}
+        settings |= {"crops_per_image": crops_per_image, "seed": seed}
+        config = merge_layers(
+            EncodeConfig, [("encode", settings), ("first_stage", {"first_stage": self.first_stage})]
+        )
+        validate_encode_config(config)
+        return config
+
+    def eval_run_config(self, models: list[str], data: Path, results_dir: Path) -> EvalRunConfig:
+        """The evaluation of every arm on the held-out latents."""
+        fixed = {
+            "benchmark": "upsampling",
+            "models": models,
+            "data": str(data),
+            "results_dir": str(results_dir),
+        }
+        config = merge_layers(EvalRunConfig, [("evaluation", self.evaluation), ("experiment", fixed)])
+        validate_eval_config(config)
+        return config
+
+
+def validate_experiment_config(config: ExperimentConfig) -> None:
+    for key in ("train_images", "eval_images"):
+        folders = getattr(config, key)
+        if not folders:
+            raise ConfigError(f"{key}: name at least one image folder, e.g. {key}=[/data/photos/train]")
+        missing = [folder for folder in folders if not Path(folder).expanduser().is_dir()]
+        if missing:
+            raise ConfigError(f"{key}: {missing[0]} is not a folder of images")
+    names = [arm.name for arm in config.arms]
+    if not names or any(not name for name in names) or len(set(names)) != len(names):
+        raise ConfigError(f"arms: give each arm a distinct, non-empty name (got {names})")
+    if config.holdout_every < 0 or config.train_crops_per_image < 1 or config.eval_crops_per_image < 1:
+        raise ConfigError("holdout_every must not be negative and the crops per image must be positive")
+    if config.cluster.backend not in CLUSTER_BACKENDS:
+        raise ConfigError(f"cluster.backend: choose one of {', '.join(CLUSTER_BACKENDS)}")
+    if not Path(config.train_config).is_file():
+        raise ConfigError(f"train_config: {config.train_config} does not exist")
+    validate_first_stage(config.first_stage)
+
+
+def load_experiment_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    config = merge_layers(ExperimentConfig, read_layers(path, overrides))
+    validate_experiment_config(config)
+    return config

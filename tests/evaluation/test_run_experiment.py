@@ -1,0 +1,110 @@
+"""The experiment runner end to end at a tiny size: real encoding, real DeepSpeed training through
+cluster/submit.py (local), real evaluation and MLflow."""
+
+import json
+import logging
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from evaluation.experiment_config import load_experiment_config
+from evaluation.run_experiment import main
+from fmboost.errors import ConfigError
+from tests.conftest import REPO_ROOT, photo
+
+pytestmark = pytest.mark.slow
+CONFIG = REPO_ROOT / "configs/experiments/table2_mini.yaml"
+TINY_TRAINING = [
+    "train.max_steps=2",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "data.batch_size=4",
+    "model.out_channels=3",
+    "model.model_channels=16",
+    "model.channel_mult=[1,2]",
+    "model.attention_resolutions=[2]",
+    "model.norm_groups=4",
+    "model.num_heads=2",
+    "model.head_channels=8",
+    "cluster.cpus_per_task=1",
+]
+TINY = [
+    "first_stage.name=identity",
+    "encode.high_res=32",
+    "encode.low_res=16",
+    "encode.images_per_shard=4",
+    "train_crops_per_image=2",
+    "eval_crops_per_image=1",
+    "holdout_every=4",
+    "train_overrides=[" + ", ".join(f"'{o}'" for o in TINY_TRAINING) + "]",
+    "arms=[{name: cfm, overrides: [flow.objective=cfm]}, {name: l2, overrides: [flow.objective=l2]}]",
+    "evaluation.nfe=[1,2]",
+    "evaluation.num_images=4",
+    "evaluation.batch_size=2",
+    "evaluation.metrics=[psnr,ssim,hf_ratio,spectral_distance]",
+]
+
+
+def write_photos(folder, names, size=48):
+    folder.mkdir(parents=True)
+    for index, name in enumerate(names):
+        pixels = ((photo(name, size)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(pixels).save(folder / f"img_{index:02d}.png")
+
+
+def test_an_experiment_encodes_trains_every_arm_evaluates_them_together_and_resumes(tmp_path, caplog):
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "cat",
+        "hubble_deep_field",
+        "retina",
+        "immunohistochemistry",
+    ]
+    write_photos(tmp_path / "train", names)
+    write_photos(tmp_path / "val", ["colorwheel"])
+    args = [str(CONFIG), *TINY, f"train_images=[{tmp_path / 'train'}]", f"eval_images=[{tmp_path / 'val'}]"]
+    args.append(f"results_dir={tmp_path / 'results'}")
+    assert main(args) == 0
+    root = tmp_path / "results"
+
+    held_out = (root / "images" / "held_out.txt").read_text().split()
+    assert held_out == ["train/img_03.png", "train/img_07.png"]  # every 4th training photo
+    assert not any((root / "images" / "train" / name).exists() for name in held_out)
+    results = json.loads((root / "results.json").read_text())
+    assert set(results["arms"]) == {"cfm", "l2"} and set(results["baselines"]) == {"bicubic", "context"}
+    assert set(results["arms"]["cfm"]["nfe"]) == {"1", "2"}
+    assert {"psnr", "ssim", "hf_ratio", "spectral_distance"} <= set(results["arms"]["cfm"]["nfe"]["2"])
+    assert results["settings"]["images"] == {"train": 6, "eval": 3}
+    assert (root / "results.md").read_text().startswith("| method | NFE | PSNR ↑ | SSIM ↑ | HF ratio")
+    assert (root / "samples_grid.png").is_file() and (root / "plots" / "psnr_vs_nfe.png").is_file()
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.get_run((root / "mlflow_runs" / "experiment" / "mlflow_run_id").read_text())
+    children = [
+        client.get_run((root / "mlflow_runs" / arm / "mlflow_run_id").read_text()) for arm in ("cfm", "l2")
+    ]
+    assert all(child.data.tags["mlflow.parentRunId"] == parent.info.run_id for child in children)
+    assert "psnr" in children[0].data.metrics and "bicubic/psnr" in parent.data.metrics
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0  # a rerun reuses the data and the trained arms
+    again = json.loads((root / "results.json").read_text())["arms"]["cfm"]["nfe"]
+    quality = ("psnr", "ssim", "hf_ratio", "spectral_distance")
+    assert {n: [v[k] for k in quality] for n, v in again.items()} == {
+        n: [v[k] for k in quality] for n, v in results["arms"]["cfm"]["nfe"].items()
+    }
+    assert "arm cfm: already trained for 2 steps" in caplog.text
+
+
+def test_an_experiment_without_image_folders_or_with_duplicate_arms_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train_images: name at least one image folder"):
+        load_experiment_config(CONFIG)
+    (tmp_path / "a").mkdir()
+    folders = [f"train_images=[{tmp_path / 'a'}]", f"eval_images=[{tmp_path / 'a'}]"]
+    with pytest.raises(ConfigError, match="arms: give each arm a distinct"):
+        load_experiment_config(CONFIG, [*folders, "arms=[{name: a}, {name: a}]"])
