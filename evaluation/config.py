@@ -35,17 +35,7 @@ class EvalRunConfig:
     batch_size: int = 8
     solvers: list[str] = field(default_factory=lambda: ["euler"])
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10, 20, 40, 50])
-    metrics: list[str] = field(
-        default_factory=lambda: [
-            "psnr",
-            "ssim",
-            "hf_ratio",
-            "spectral_distance",
-            "fid",
-            "pfid_fmboost",
-            "pfid_anyres",
-        ]
-    )
+    metrics: list[str] = field(default_factory=lambda: [m for m in METRICS if m != "clip"])
     require_feature_metrics: bool = False
     inception_path: str = "~/.cache/clean-fid/inception-2015-12-05.pt"
     clip_model: str = "openai/clip-vit-large-patch14"

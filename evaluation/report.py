@@ -9,32 +9,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+METRIC_TITLES = {
+    "psnr": "PSNR ↑",
+    "ssim": "SSIM ↑",
+    "hf_ratio": "HF ratio (1 ideal)",
+    "spectral_distance": "spectral dist. ↓",
+    "fid": "FID ↓",
+    "pfid_fmboost": "p-FID ↓",
+    "pfid_anyres": "p-FID (any-res) ↓",
+    "clip": "CLIP ↑",
+    "seconds_per_image": "s/img",
+}
 COLUMNS = [
     ("model", "model"),
     ("solver", "solver"),
     ("nfe", "NFE"),
     ("nfe_used", "NFE used"),
-    ("psnr", "PSNR ↑"),
-    ("ssim", "SSIM ↑"),
-    ("hf_ratio", "HF ratio (1 ideal)"),
-    ("spectral_distance", "spectral dist. ↓"),
-    ("fid", "FID ↓"),
-    ("pfid_fmboost", "p-FID ↓"),
-    ("pfid_anyres", "p-FID (any-res) ↓"),
-    ("clip", "CLIP ↑"),
-    ("seconds_per_image", "s/img"),
+    *METRIC_TITLES.items(),
 ]
-PLOTTED = (
-    "psnr",
-    "ssim",
-    "hf_ratio",
-    "spectral_distance",
-    "fid",
-    "pfid_fmboost",
-    "pfid_anyres",
-    "clip",
-    "seconds_per_image",
-)
+PLOTTED = tuple(METRIC_TITLES)
 
 
 def format_value(value: Any) -> str:

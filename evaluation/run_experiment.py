@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.experiment_config import ExperimentConfig, load_experiment_config
+from evaluation.report import METRIC_TITLES
 from fmboost.cli import report_errors
 from fmboost.errors import FMBoostError
 
@@ -173,17 +174,6 @@ def tables(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
     return results
 
 
-METRIC_TITLES = [
-    ("psnr", "PSNR ↑"),
-    ("ssim", "SSIM ↑"),
-    ("hf_ratio", "HF ratio (1 ideal)"),
-    ("spectral_distance", "spectral dist. ↓"),
-    ("fid", "FID ↓"),
-    ("pfid_fmboost", "p-FID ↓"),
-    ("seconds_per_image", "s/img"),
-]
-
-
 def markdown(results: dict[str, Any]) -> str:
     """One row per baseline and per arm × NFE, the paper's metrics as columns."""
     entries = [(name, "–", values) for name, values in results["baselines"].items()]
@@ -191,7 +181,9 @@ def markdown(results: dict[str, Any]) -> str:
         entries += [
             (arm, nfe, values) for nfe, values in sorted(per_arm["nfe"].items(), key=lambda i: int(i[0]))
         ]
-    present = [(key, title) for key, title in METRIC_TITLES if any(key in values for _, _, values in entries)]
+    present = [
+        (k, title) for k, title in METRIC_TITLES.items() if any(k in values for _, _, values in entries)
+    ]
     lines = [
         "| method | NFE | " + " | ".join(title for _, title in present) + " |",
         "|---|---|" + "---|" * len(present),
