@@ -46,6 +46,12 @@ class TrainResult:
     mlflow_run_id: str | None
 
 
+def gradient_norm(module: torch.nn.Module) -> float:
+    """L2 norm of all gradients: DeepSpeed reports it only from its ZeRO optimizers or when clipping."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def build_validator(config: FMBoostConfig, device: torch.device) -> Validator | None:
     """Periodic validation on the held-out shards (rank 0), decoded with the first stage they record."""
     if not config.data.validation:
@@ -167,6 +173,10 @@ def train(
             )
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
+        logging_step = boundary and (state.step + 1) % settings.log_every == 0
+        own_grad_norm = (
+            gradient_norm(engine.module) if logging_step and not engine.zero_optimization() else None
+        )
         engine.step()
         state.batches_served += 1
         state.images_seen += global_batch
@@ -180,7 +190,7 @@ def train(
         if state.step % settings.log_every == 0:
             metrics = {
                 "train/loss": mean_over_ranks(window_loss / window_micro, device),
-                "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "train/grad_norm": float(engine.get_global_grad_norm() or own_grad_norm or 0.0),
                 "train/lr": scheduler.get_last_lr()[0],
                 "train/samples_per_s": window_micro * global_batch / (time.perf_counter() - window_start),
                 "train/images_seen": state.images_seen,
