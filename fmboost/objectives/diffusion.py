@@ -9,7 +9,7 @@ the network sees :math:`[x_k, z_{up}]` (the clean context concatenated, as for C
 :math:`t = k / 999`, and predicts :math:`v = \sqrt{\bar\alpha_k}\,\varepsilon - \sqrt{1-\bar\alpha_k}\,x_1`
 (v-prediction: well conditioned at the pure-noise end, where ε-prediction cannot recover :math:`x_1`).
 Sampling is deterministic DDIM (η = 0) from :math:`x_{999} \sim \mathcal N(0, I)` over ``nfe`` evenly
-spaced steps: one network evaluation per step, so NFE = steps.
+spaced (trailing) steps: one network evaluation per step, so NFE = steps.
 """
 
 import math
@@ -33,12 +33,11 @@ def schedule_at(steps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def ddim_steps(nfe: int) -> list[int]:
-    """``nfe`` evenly spaced steps from 999 down to 0 (one step: 999 alone)."""
+    """``nfe`` evenly spaced steps from 999 down, trailing (999, 500 for two): none is spent at k = 0,
+    where a step would return its input unchanged."""
     if nfe < 1:
         raise ValueError(f"DDIM needs at least one step, got {nfe}")
-    if nfe == 1:
-        return [NUM_STEPS - 1]
-    return [round((NUM_STEPS - 1) * (1 - i / (nfe - 1))) for i in range(nfe)]
+    return [round((NUM_STEPS - 1) * (1 - i / nfe)) for i in range(nfe)]
 
 
 @OBJECTIVES.register("dm")

@@ -158,4 +158,5 @@ def test_ddim_with_the_exact_v_of_a_single_target_lands_on_it_in_nfe_steps(nfe):
     )
     assert solution.nfe == nfe == len(calls)
     torch.testing.assert_close(solution.x1, target, atol=1e-4, rtol=1e-4)
-    assert float(calls[0][0]) == 1.0 and (nfe == 1 or float(calls[-1][0]) == 0.0)
+    assert float(calls[0][0]) == 1.0 and all(float(t[0]) > 0 for t in calls), "no step wasted at k = 0"
+    assert len({float(t[0]) for t in calls}) == nfe
