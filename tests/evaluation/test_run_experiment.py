@@ -108,3 +108,23 @@ def test_an_experiment_without_image_folders_or_with_duplicate_arms_is_refused(t
     folders = [f"train_images=[{tmp_path / 'a'}]", f"eval_images=[{tmp_path / 'a'}]"]
     with pytest.raises(ConfigError, match="arms: give each arm a distinct"):
         load_experiment_config(CONFIG, [*folders, "arms=[{name: a}, {name: a}]"])
+
+
+@pytest.mark.parametrize(
+    ("name", "arms"),
+    [
+        ("table2_mini", ["cfm", "fm", "dm", "l1", "l2"]),
+        ("noise_aug_mini", ["k0", "k200", "k400", "k600", "k800"]),
+        ("upsampling_mini", ["nearest", "bilinear", "psu"]),
+    ],
+)
+def test_the_shipped_experiments_load_with_their_arms_and_valid_training_configs(tmp_path, name, arms):
+    from fmboost.config import load_config
+
+    folders = [f"train_images=[{tmp_path}]", f"eval_images=[{tmp_path}]"]
+    config = load_experiment_config(REPO_ROOT / f"configs/experiments/{name}.yaml", folders)
+    assert [arm.name for arm in config.arms] == arms and config.name == name
+    for arm in config.arms:  # every arm's training config validates (with a first stage path given)
+        load_config(
+            config.train_config, [*config.train_overrides, *arm.overrides, "first_stage.path=/weights"]
+        )
