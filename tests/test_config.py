@@ -52,7 +52,7 @@ def test_deepspeed_section_passes_any_deepspeed_key_through():
     [
         ("train.lrr=1", r"command line: train.lrr: Key 'lrr' not in 'TrainConfig'"),
         ("train.lr=fast", r"command line: train.lr: Value 'fast' .* could not be converted to Float"),
-        ("flow.objective=cfmm", r"flow.objective: unknown objective 'cfmm'; choose one of cfm, dm, fm, l1, l2"),
+        ("flow.objective=cfmm", r"flow.objective: unknown objective 'cfmm'; choose one of cfm, dm, fm, l1"),
         ("flow.upsampling=bicubic", r"flow.upsampling: unknown upsampling mode 'bicubic'"),
         ("first_stage.name=sdxl", r"first_stage.name: unknown first stage 'sdxl'"),
         ("flow.nfe=10", None),
