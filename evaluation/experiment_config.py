@@ -57,10 +57,15 @@ class ExperimentConfig:
     cluster: ExperimentClusterConfig = field(default_factory=ExperimentClusterConfig)
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-experiments"))
 
-    def encode_config(self, images: Path, output: Path, crops_per_image: int, seed: int) -> EncodeConfig:
-        """The data recipe applied to one image folder."""
+    def encode_config(
+        self, images: Path, output: Path, crops_per_image: int, seed: int, save_images: bool
+    ) -> EncodeConfig:
+        """The data recipe applied to one image folder (``save_images``: keep the pixels as ground truth,
+        whatever the recipe says)."""
         settings = {**self.encode, "input": str(images), "output": str(output)}
         settings |= {"crops_per_image": crops_per_image, "seed": seed}
+        if save_images:
+            settings["save_images"] = True
         config = merge_layers(
             EncodeConfig, [("encode", settings), ("first_stage", {"first_stage": self.first_stage})]
         )

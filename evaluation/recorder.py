@@ -19,7 +19,8 @@ class Recorder:
     """Turns generated images into this task's :class:`Part`.
 
     ``metrics`` are the metrics that will actually be computed (those whose weights loaded), so the
-    configuration itself is never changed at run time.
+    configuration itself is never changed at run time; ``num_tasks`` is the resolved split of the work
+    (from the config, Slurm or torchrun), which sets this task's share of ``num_images``.
     """
 
     def __init__(
@@ -29,14 +30,16 @@ class Recorder:
         extractor: FeatureExtractor | None,
         clip: ClipScorer | None,
         first_key: str,
+        num_tasks: int = 1,
     ) -> None:
         self.config, self.metrics, self.extractor, self.clip = config, metrics, extractor, clip
         self.first_key = first_key  # the entry that also records the real images' statistics
+        self.num_tasks = num_tasks
         self.part = Part()
         self.skipped_crops: set[str] = set()
 
     def images_for_this_task(self) -> int:
-        return math.ceil(self.config.num_images / (self.config.num_tasks or 1))
+        return math.ceil(self.config.num_images / self.num_tasks)
 
     def features(self, name: str, images: torch.Tensor) -> None:
         self.part.add_stats(name, self.extractor(images))

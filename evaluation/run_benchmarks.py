@@ -3,7 +3,7 @@
     python evaluation/run_benchmarks.py [--config configs/eval/<name>.yaml] [key=value ...]
 
 Without a config it runs the embedded default: the upsampling benchmark (paper Tab. 2) of the demo
-model (``runs/demo``) against the bilinear baseline on the sample validation shard. Configs:
+model (``runs/demo``) against its baselines on the sample validation shard. Configs:
 ``configs/eval/upsampling.yaml``, ``configs/eval/nfe_sweep.yaml``, ``configs/eval/laion5k_zero_shot.yaml``.
 
 Outputs in ``results_dir``: ``results.json``, ``results.md`` (a table like the paper's), ``plots/``
@@ -103,7 +103,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
         )
         generators = Generators(pipeline.first_stage, pipeline=pipeline)
         entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
-    recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key)
+    recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key, num_tasks=num_tasks)
     grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
     for skipped in sorted(recorder.skipped_crops):
         logger.warning("skipping %s: the images are smaller than the crop", skipped)

@@ -86,8 +86,7 @@ def encode(config: ExperimentConfig, root: Path) -> dict[str, Path]:
         ("eval", config.eval_crops_per_image, 1),
     ):
         output = root / "latents" / split
-        encode_config = config.encode_config(root / "images" / split, output, crops, seed)
-        encode_config.save_images = split == "eval" or encode_config.save_images
+        encode_config = config.encode_config(root / "images" / split, output, crops, seed, split == "eval")
         logger.info("encoding the %s images into %s", split, output)
         encode_shards(encode_config)
         latents[split] = output

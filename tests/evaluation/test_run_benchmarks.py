@@ -254,3 +254,13 @@ def test_the_default_evaluates_the_demo_run_and_asks_for_make_demo_when_there_is
     assert main([*defaults, "metrics=[psnr,ssim]"]) == 0
     rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
     assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "demo"}
+
+
+def test_each_task_evaluates_its_share_of_the_images_however_the_split_was_resolved():
+    from evaluation.recorder import Recorder
+
+    config = load_eval_config(
+        None, ["models=[m]", "num_images=9"]
+    )  # no task_index: torchrun or Slurm split it
+    assert Recorder(config, [], None, None, "k", num_tasks=2).images_for_this_task() == 5
+    assert Recorder(config, [], None, None, "k").images_for_this_task() == 9
