@@ -24,7 +24,7 @@ from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConf
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
 from fmboost.models.unet import UNet
-from fmboost.objectives import OBJECTIVES, network_input_channels, validate_flow
+from fmboost.objectives import OBJECTIVES, validate_flow
 from fmboost.sampling import ODESolution
 from fmboost.upsampling import upsample_latents
 
@@ -84,11 +84,11 @@ class FMBoostModel(nn.Module):
     ) -> None:
         super().__init__()
         validate_flow(flow, unet)
-        self.unet_config = replace(unet, in_channels=network_input_channels(flow, unet))
+        self.objective = OBJECTIVES.get(flow.objective, "flow.objective")(flow.noise_aug_step)
+        self.unet_config = replace(unet, in_channels=self.objective.input_channels(unet.out_channels))
         self.flow_config = flow
         self.first_stage = FirstStageConfig.from_record(first_stage) if first_stage is not None else None
         self.net = UNet(self.unet_config)
-        self.objective = OBJECTIVES.get(flow.objective, "flow.objective")(flow.noise_aug_step)
 
     @classmethod
     def from_config(

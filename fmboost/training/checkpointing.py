@@ -118,7 +118,7 @@ class Checkpointer:
 
     @property
     def is_main(self) -> bool:
-        return self.ema is not None
+        return self.rank == 0
 
     def directory_for(self, step: int) -> Path:
         return checkpoint_root(self.run_dir) / tag_for(step)
