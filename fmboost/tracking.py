@@ -7,11 +7,13 @@ run logs one warning, keeps training and keeps that local copy, and tries MLflow
 MLflow run id is stored in the run folder, so a resumed or requeued job continues the same run.
 """
 
+import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,27 @@ RETRY_SECONDS = 60.0
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+@contextmanager
+def sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive file lock beside a SQLite store (no-op for other stores).
+
+    Two processes creating the same SQLite store at once both run MLflow's schema migrations and one
+    fails (``table _alembic_tmp_latest_metrics already exists``); the lock makes them take turns.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        yield
+        return
+    lock_path = Path("/" + tracking_uri[len(prefix) :].lstrip("/") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -42,6 +65,7 @@ class Tracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.run_dir)
         self.experiment, self.run_name = experiment, run_name
         self.run_id: str | None = None
+        self._client = None
         self.retry_at = 0.0
         self.resumed = False
         if not enabled:
@@ -54,9 +78,16 @@ class Tracker:
 
     @property
     def client(self):
-        from mlflow.tracking import MlflowClient
+        """The MLflow client, built (and its store created or migrated) on first use; only ever used
+        inside :meth:`_call`, so an unreadable store is a warning, not a crash."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri)
+            with sqlite_store_lock(self.tracking_uri):
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                client.search_experiments(max_results=1)  # opens the store now, under the lock
+            self._client = client
+        return self._client
 
     def _start(self) -> None:
         client = self.client
@@ -123,8 +154,12 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if not self.enabled:
             return
-        action = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
-        self._call(f"upload {path}", lambda: action(self.run_id, str(path), artifact_path))
+
+        def upload() -> None:
+            action = self.client.log_artifacts if Path(path).is_dir() else self.client.log_artifact
+            action(self.run_id, str(path), artifact_path)
+
+        self._call(f"upload {path}", upload)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id is not None:

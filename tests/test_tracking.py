@@ -1,6 +1,9 @@
 import json
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -66,3 +69,40 @@ def test_logging_to_a_real_server_and_surviving_its_death(tmp_path, mlflow_serve
     assert any("training goes on" in r.getMessage() for r in caplog.records)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_an_unreadable_store_warns_once_and_every_call_keeps_training(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    (tmp_path / "mlflow.db").write_text("this is not a database")
+    tracker = Tracker(tmp_path, None, "exp")
+    tracker.log_params({"a": 1})
+    tracker.log_metrics({"train/loss": 1.0}, step=1)
+    (tmp_path / "grid.png").write_bytes(b"png")
+    tracker.log_artifact(tmp_path / "grid.png", "samples")
+    tracker.finish()
+    assert len([r for r in caplog.records if "training goes on" in r.getMessage()]) == 1
+    assert json.loads((tmp_path / METRICS_FILE).read_text())["train/loss"] == 1.0
+
+
+def log_one_metric(run_dir: str, tracking_uri: str, go: str) -> str | None:
+    """In a fresh process: say ready, wait for the common start signal, then create the store and log."""
+    Path(run_dir).mkdir(parents=True)
+    (Path(run_dir) / "ready").touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    tracker = Tracker(Path(run_dir), tracking_uri, "exp")
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    return tracker.run_id
+
+
+def test_processes_creating_one_sqlite_store_at_once_all_log(tmp_path):
+    uri, go, jobs = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "go", 4
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(log_one_metric, str(tmp_path / f"job{i}"), uri, str(go)) for i in range(jobs)]
+        while len(list(tmp_path.glob("job*/ready"))) < jobs:
+            time.sleep(0.01)
+        go.touch()
+        run_ids = [future.result() for future in futures]
+    assert None not in run_ids
+    client = MlflowClient(uri)
+    assert all(client.get_run(run_id).data.metrics == {"train/loss": 1.0} for run_id in run_ids)
