@@ -1,33 +1,32 @@
 """From raw sample bytes to a square high-res crop, or a rejection with a reason.
 
-Runs in DataLoader worker processes. Steps: decode, apply EXIF orientation, convert to RGB (alpha
-composited on white; palette, CMYK, greyscale and 16-bit handled), filter by size and aspect ratio,
+Runs in DataLoader worker processes. Steps: decode (:func:`fmboost.image_decoding.decode_image`, the
+one decoder every entry point shares), filter by size and aspect ratio,
 resize the short side to ``high_res`` (PIL's antialiased bicubic) and crop a square, centred or at a
 position derived from the key (so reruns crop identically).
 """
 
 import copy
 import hashlib
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from data_pipeline.sources import IMAGE_EXTENSIONS, RawSample
+from fmboost.image_decoding import DecodeFailure, ImageRejected, decode_image
 
 
 class Reason:
     """Rejection reasons, as recorded in stats and manifests."""
 
     MISSING_IMAGE = "missing_image"
-    UNDECODABLE_IMAGE = "undecodable_image"
-    TRUNCATED_IMAGE = "truncated_image"
-    IMAGE_TOO_LARGE = "image_too_large"
+    UNDECODABLE_IMAGE = DecodeFailure.UNDECODABLE_IMAGE
+    TRUNCATED_IMAGE = DecodeFailure.TRUNCATED_IMAGE
+    IMAGE_TOO_LARGE = DecodeFailure.IMAGE_TOO_LARGE
     TOO_SMALL = "too_small"
     EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
     TRUNCATED_TAR = "truncated_tar"
@@ -60,50 +59,6 @@ class PreprocessSettings:
     max_aspect_ratio: float | None = None
     seed: int = 0
     crops_per_image: int = 1
-
-
-class ImageRejected(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with transparency composited on white; 16-bit and float modes scaled to 8 bits."""
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Fully decoded RGB image with EXIF orientation applied, or :class:`ImageRejected`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(Reason.IMAGE_TOO_LARGE, str(error)) from None
-    except UnidentifiedImageError as error:
-        raise ImageRejected(Reason.UNDECODABLE_IMAGE, str(error)) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        reason = Reason.TRUNCATED_IMAGE if "truncated" in str(error).lower() else Reason.UNDECODABLE_IMAGE
-        raise ImageRejected(reason, str(error)) from None
-    try:
-        return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError) as error:
-        raise ImageRejected(Reason.UNDECODABLE_IMAGE, f"cannot convert mode {image.mode}: {error}") from None
 
 
 def seeded_offset(key: str, slack: int, seed: int, salt: str = "") -> int:

@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from fmboost.errors import FMBoostError
+from fmboost.image_decoding import ImageRejected, decode_image
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -57,13 +58,16 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "bili
 def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
     """An image file as a model image batch [1, 3, H, W], centre-cropped to a multiple of ``size_multiple``.
 
-    Errors name the ``image`` parameter.
+    Decoded exactly as encoding decodes training images (:func:`decode_image`); errors name the
+    ``image`` parameter.
     """
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise FMBoostError(f"{path} is not a readable image ({error})", "image") from None
+        image = decode_image(Path(path).read_bytes())
+    except OSError as error:
+        raise FMBoostError(f"{path} cannot be read ({error.strerror or error})", "image") from None
+    except ImageRejected as rejection:
+        message = f"{path} is not a usable image ({rejection.reason}: {rejection})"
+        raise FMBoostError(message, "image") from None
     width, height = (side - side % size_multiple for side in image.size)
     if width == 0 or height == 0:
         raise FMBoostError(f"{path} is smaller than {size_multiple} px", "image")

@@ -1,10 +1,12 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.image_processing import from_uint8, load_image, save_grid, to_pil, to_uint8
+from fmboost.image_decoding import decode_image
+from fmboost.image_processing import from_pil, from_uint8, load_image, save_grid, to_pil, to_uint8
 
 
 def test_uint8_to_model_images_and_back_is_exact_and_spans_minus_one_to_one():
@@ -52,3 +54,39 @@ def test_a_grid_has_one_column_per_entry_at_the_last_columns_size(tmp_path):
     path = save_grid({"low-res": low, "ground truth": truth}, tmp_path / "grid.png", rows=2)
     assert Image.open(path).size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)  # 2 columns, 2 rows, padding 2
     assert path.with_suffix(".txt").read_text() == "columns: low-res | ground truth\n"
+
+
+def tricky_image_files(directory) -> dict[str, object]:
+    """Files where a plain ``Image.open(...).convert("RGB")`` goes wrong, all 24 wide and 16 high upright."""
+    paths = {
+        name: directory / f"{name}.{ext}"
+        for name, ext in [("grey16", "png"), ("transparent", "png"), ("rotated", "jpg")]
+    }
+    Image.fromarray(np.full((16, 24), 32768, dtype=np.uint16)).save(paths["grey16"])
+    Image.new("RGBA", (24, 16), (0, 0, 0, 0)).save(paths["transparent"])
+    stored_sideways = Image.new("RGB", (16, 24), (200, 10, 10))
+    exif = stored_sideways.getexif()
+    exif[0x0112] = 6  # orientation: rotate for display, so it shows 24 wide and 16 high
+    stored_sideways.save(paths["rotated"], exif=exif)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["grey16", "transparent", "rotated"])
+def test_generate_decodes_inputs_exactly_as_encoding_does(tmp_path, name):
+    path = tricky_image_files(tmp_path)[name]
+    loaded = load_image(path, size_multiple=8)
+    assert torch.equal(loaded, from_pil(decode_image(path.read_bytes())))
+    assert tuple(loaded.shape[-2:]) == (16, 24)
+    centre = to_uint8(loaded)[0, :, 8, 8].tolist()
+    if name == "grey16":
+        assert centre == [128, 128, 128]  # mid grey, not saturated white
+    if name == "transparent":
+        assert centre == [255, 255, 255]  # composited on white, as in training shards
+
+
+def test_a_decompression_bomb_is_refused_with_one_line_naming_the_image(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(FMBoostError, match="bomb.png.*image_too_large") as error:
+        load_image(tmp_path / "bomb.png", 8)
+    assert error.value.parameter == "image"

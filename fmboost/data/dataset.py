@@ -4,7 +4,6 @@ Only ``.npy`` (without pickle), ``.txt``, ``.json`` and ``.jpg`` members are dec
 in a shard is ignored, so a shard can never make the reader unpickle data.
 """
 
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -14,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 from braceexpand import braceexpand
-from PIL import Image
 
 from fmboost.data import shards as schema
 from fmboost.data.shards import Manifest
 from fmboost.errors import FMBoostError
+from fmboost.image_decoding import ImageRejected, decode_image
 from fmboost.image_processing import resize_images
 
 
@@ -99,7 +98,12 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     sample["caption"] = raw.get(schema.CAPTION, b"").decode("utf-8", errors="replace")
     sample["metadata"] = json.loads(raw[schema.METADATA]) if schema.METADATA in raw else {}
     if schema.IMAGE in raw:
-        image = Image.open(io.BytesIO(raw[schema.IMAGE])).convert("RGB")
+        try:
+            image = decode_image(raw[schema.IMAGE])
+        except ImageRejected as rejection:
+            raise FMBoostError(
+                f"{raw.get('__url__', '?')}: sample {raw['__key__']}: stored image is unusable ({rejection})"
+            ) from None
         sample["image"] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
     return sample
 
