@@ -27,6 +27,7 @@ from fmboost.models import EMA, FMBoostModel
 from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
 from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
+from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
 logger = logging.getLogger(__name__)
@@ -70,15 +71,41 @@ def build_validator(config: FMBoostConfig, device: torch.device) -> Validator | 
 def train(
     config: FMBoostConfig, env: DistributedEnv, stop_requested: threading.Event | None = None
 ) -> TrainResult:
-    """Train a CFM stage as ``config`` says; resumable, and safe to call from torchrun or submitit tasks."""
-    stop_requested = stop_requested or threading.Event()
-    settings = config.train
-    run_dir = Path(settings.run_dir).expanduser()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train a CFM stage as ``config`` says; resumable, and safe to call from torchrun or submitit tasks.
 
-    # ------------------------------------------------------------------ setup: distributed and data
+    The run folder is locked for the life of the job: a second job in it is refused (see
+    :mod:`fmboost.training.run_lock`).
+    """
+    run_dir = Path(config.train.run_dir).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = device_for(env)
     init_distributed(env)
+    lock = RunFolderLock(run_dir)
+    refusal = None
+    if env.is_main:
+        try:
+            lock.acquire()
+        except RunFolderBusyError as error:
+            refusal = error
+    if all_ranks_agree(refusal is not None, device):
+        raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
+    try:
+        return train_in_run_folder(config, env, run_dir, device, stop_requested or threading.Event())
+    finally:
+        lock.release()
+
+
+def train_in_run_folder(
+    config: FMBoostConfig,
+    env: DistributedEnv,
+    run_dir: Path,
+    device: torch.device,
+    stop_requested: threading.Event,
+) -> TrainResult:
+    """The job itself, once this job holds the run folder."""
+    settings = config.train
+
+    # ------------------------------------------------------------------ setup: data
     train_set = resolve_dataset(config.data.train)
     manifest, flow = train_set.manifest, config.flow
     check_compatible(
