@@ -175,6 +175,21 @@ class EvalConfig:
     num_images: int = 8
 
 
+@dataclass(frozen=True)
+class MemoryBound:
+    """What bounds inference memory, whatever the input size.
+
+    The flow network runs in tiles of at most ``flow_tile_size`` latent positions per side (0: never
+    tile), neighbours sharing ``flow_tile_overlap`` positions; what remains grows with the result's
+    area (latents, decoded pixels), so results above ``max_output_pixels`` are refused before any work
+    (0: no limit). Peak memory is then about a constant per output pixel plus one tile's activations.
+    """
+
+    flow_tile_size: int = 256
+    flow_tile_overlap: int = 32
+    max_output_pixels: int = 8192 * 8192
+
+
 @dataclass
 class FMBoostConfig:
     model: UNetConfig = field(default_factory=UNetConfig)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fmboost.cli import report_errors
-from fmboost.config import FirstStageConfig
+from fmboost.config import FirstStageConfig, MemoryBound
 from fmboost.errors import FMBoostError
 
 logger = logging.getLogger("fmboost.generate")
@@ -73,7 +73,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("auto", "bf16", "fp16", "fp32"),
         help="auto: bf16 on GPU, fp32 on CPU",
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs"), help="output directory")
+    bound = MemoryBound()
+    parser.add_argument(
+        "--flow-tile-size",
+        type=int,
+        default=bound.flow_tile_size,
+        help="run the flow network in overlapping tiles of at most this many latent positions per side, "
+        "which bounds memory for large inputs; 0 never tiles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flow-tile-overlap",
+        type=int,
+        default=bound.flow_tile_overlap,
+        help="latent positions neighbouring tiles share and blend over (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=bound.max_output_pixels,
+        help="refuse, before any work, results with more pixels than this; 0: no limit "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs"),
+        help="output directory (created when the first image is written)",
+    )
     return parser.parse_args(argv)
 
 
@@ -96,7 +122,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     first_stage = (
         FirstStageConfig(name=args.first_stage, path=args.first_stage_path) if args.first_stage else None
     )
-    pipeline = FMBoostPipeline.from_pretrained(args.stage, args.base, first_stage, args.device, args.dtype)
+    memory = MemoryBound(args.flow_tile_size, args.flow_tile_overlap, args.max_output_pixels)
+    pipeline = FMBoostPipeline.from_pretrained(
+        args.stage, args.base, first_stage, args.device, args.dtype, memory
+    )
     nfe = args.nfe if args.nfe and len(args.nfe) > 1 else (args.nfe[0] if args.nfe else None)
     solver = (
         args.solver if args.solver and len(args.solver) > 1 else (args.solver[0] if args.solver else None)
@@ -108,10 +137,14 @@ def run(args: argparse.Namespace) -> list[Path]:
         base_kwargs["guidance_scale"] = args.guidance_scale
 
     if args.input_image:
-        factor = pipeline.first_stage.downsampling_factor * 2 ** (
-            len(pipeline.stages[0].unet_config.channel_mult) - 1
-        )
-        inputs = [("image", str(path), load_image(path, factor)) for path in args.input_image]
+        downsampling = pipeline.first_stage.downsampling_factor
+        inputs = [
+            ("image", str(path), load_image(path, downsampling * pipeline.stages[0].size_multiple))
+            for path in args.input_image
+        ]
+        for _, path, image in inputs:
+            latent_size = (image.shape[-2] // downsampling, image.shape[-1] // downsampling)
+            pipeline.check_output_size(latent_size, f"--input-image {path}")
     else:
         prompts = args.prompt or [
             line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()
@@ -120,7 +153,6 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise FMBoostError(f"--prompts-file: {args.prompts_file} holds no prompts")
         inputs = [("prompt", prompt, None) for prompt in prompts]
 
-    args.out.mkdir(parents=True, exist_ok=True)
     written, index = [], 0
     for batch_index, batch in enumerate(batches(inputs, args.batch_size)):
         seed = args.seed + batch_index
@@ -136,6 +168,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                 prompts=[item[1] for item in batch], seed=seed, nfe=nfe, solver=solver, **base_kwargs
             )
         for (kind, value, _), image in zip(batch, output.images, strict=True):
+            args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{index:05d}.png"
             image.save(path)
             sidecar = {
@@ -157,7 +190,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-FLAGS = {"base": "--base", "image": "--input-image", "first_stage": "--first-stage"}
+FLAGS = {
+    "base": "--base",
+    "image": "--input-image",
+    "first_stage": "--first-stage",
+    "flow_tile_size": "--flow-tile-size",
+    "flow_tile_overlap": "--flow-tile-overlap",
+    "max_output_pixels": "--max-output-pixels",
+}
 
 
 @report_errors(FLAGS)

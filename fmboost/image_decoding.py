@@ -56,8 +56,8 @@ def decode_image(data: bytes) -> Image.Image:
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(DecodeFailure.IMAGE_TOO_LARGE, str(error)) from None
-    except UnidentifiedImageError as error:
-        raise ImageRejected(DecodeFailure.UNDECODABLE_IMAGE, str(error)) from None
+    except UnidentifiedImageError:
+        raise ImageRejected(DecodeFailure.UNDECODABLE_IMAGE, "not in any image format PIL can read") from None
     except (OSError, SyntaxError, ValueError) as error:
         truncated = "truncated" in str(error).lower()
         reason = DecodeFailure.TRUNCATED_IMAGE if truncated else DecodeFailure.UNDECODABLE_IMAGE

@@ -66,7 +66,7 @@ def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
     except OSError as error:
         raise FMBoostError(f"{path} cannot be read ({error.strerror or error})", "image") from None
     except ImageRejected as rejection:
-        message = f"{path} is not a usable image ({rejection.reason}: {rejection})"
+        message = f"{path} is not a readable image ({rejection.reason}: {rejection})"
         raise FMBoostError(message, "image") from None
     width, height = (side - side % size_multiple for side in image.size)
     if width == 0 or height == 0:

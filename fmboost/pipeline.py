@@ -12,6 +12,7 @@ sees the context training saw. The first stage (VAE) is the base's, or the one t
 with, or one given explicitly.
 """
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,13 +23,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from fmboost.config import FirstStageConfig
+from fmboost.config import FirstStageConfig, MemoryBound
 from fmboost.devices import precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import to_pil
 from fmboost.models import FMBoostModel
+from fmboost.tiled_sampling import validate_tiling
 
 
 @dataclass
@@ -79,7 +81,9 @@ class FMBoostPipeline:
         base: Any = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
+        memory: MemoryBound | None = None,
     ) -> None:
+        self.memory = memory or MemoryBound()
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.dtype = precision_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
         if not stages:
@@ -92,6 +96,11 @@ class FMBoostPipeline:
                 raise WeightsError(
                     f"stage {index} works on {stage.latent_channels}-channel latents, but the first stage "
                     f"{first_stage.name!r} has {first_stage.latent_channels} channels"
+                )
+        for stage in self.stages:
+            if self.memory.flow_tile_size:
+                validate_tiling(
+                    self.memory.flow_tile_size, self.memory.flow_tile_overlap, stage.size_multiple
                 )
         self.context_first_stages = [
             self.first_stage
@@ -108,6 +117,7 @@ class FMBoostPipeline:
         first_stage: FirstStageConfig | None = None,
         device: str = "auto",
         dtype: str = "auto",
+        memory: MemoryBound | None = None,
     ) -> "FMBoostPipeline":
         torch_device = resolve_device(device)
         torch_dtype = precision_dtype(dtype, torch_device)
@@ -122,7 +132,25 @@ class FMBoostPipeline:
             vae = DiffusersVAE(base_pipeline.vae, base, recorded.tile_size, recorded.tile_overlap, "vae")
         else:
             vae = first_stage_from_stage(stages[0])
-        return cls(vae, stages, base_pipeline, torch_device, torch_dtype)
+        return cls(vae, stages, base_pipeline, torch_device, torch_dtype, memory)
+
+    def output_size(self, latent_size: tuple[int, int]) -> tuple[int, int]:
+        """Pixel size of the result for a low-res latent of ``latent_size`` (height, width)."""
+        factor = self.first_stage.downsampling_factor * math.prod(
+            s.flow_config.scale_factor for s in self.stages
+        )
+        return latent_size[0] * factor, latent_size[1] * factor
+
+    def check_output_size(self, latent_size: tuple[int, int], what: str) -> None:
+        """Refuse, before any work, a result larger than ``memory.max_output_pixels``."""
+        height, width = self.output_size(latent_size)
+        limit = self.memory.max_output_pixels
+        if limit and height * width > limit:
+            raise FMBoostError(
+                f"{what} would give a {width}×{height} result ({height * width / 1e6:.1f} MP), more than "
+                f"the memory bound of {limit / 1e6:.1f} MP; give a smaller input or raise max_output_pixels",
+                "max_output_pixels",
+            )
 
     @contextmanager
     def stopwatch(self, timings: dict[str, float], name: str) -> Iterator[None]:
@@ -179,12 +207,14 @@ class FMBoostPipeline:
                 z = fs.encode_scaled(images.to(self.device))
         else:
             z = latents.to(self.device)
+        self.check_output_size(tuple(z.shape[-2:]), "this input")
+        tiling = self.memory.flow_tile_size or None, self.memory.flow_tile_overlap
         used = []
         for index, (stage, context_fs, stage_nfe, stage_solver) in enumerate(
             zip(self.stages, self.context_first_stages, nfes, solvers, strict=True), 1
         ):
             with self.stopwatch(timings, f"stage_{index}"):
-                solution = stage.upsample(z, context_fs, stage_nfe, stage_solver, generator)
+                solution = stage.upsample(z, context_fs, stage_nfe, stage_solver, generator, False, *tiling)
             z = solution.x1.float()
             used.append(solution.nfe)
         with self.stopwatch(timings, "decode"):

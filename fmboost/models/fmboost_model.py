@@ -26,6 +26,7 @@ from fmboost.first_stage.base import FirstStage
 from fmboost.models.unet import UNet
 from fmboost.objectives import OBJECTIVES, validate_flow
 from fmboost.sampling import ODESolution
+from fmboost.tiled_sampling import TiledNet
 from fmboost.upsampling import upsample_latents
 
 WEIGHTS_NAME = "model.safetensors"
@@ -136,12 +137,19 @@ class FMBoostModel(nn.Module):
         solver: str | None = None,
         nfe: int | None = None,
         return_trajectory: bool = False,
+        tile_size: int | None = None,
+        tile_overlap: int = 0,
     ) -> ODESolution:
-        """Integrate from the prepared context; solver settings default to the model's ``flow`` config."""
+        """Integrate from the prepared context; solver settings default to the model's ``flow`` config.
+
+        With ``tile_size``, the network is evaluated in overlapping tiles of at most that many latent
+        positions per side (:class:`~fmboost.tiled_sampling.TiledNet`), bounding memory for large inputs.
+        """
         flow = self.flow_config
         parameter = next(self.net.parameters())
+        net = self.net if tile_size is None else TiledNet(self.net, tile_size, tile_overlap)
         return self.objective.sample(
-            self.net,
+            net,
             z_up.to(device=parameter.device, dtype=parameter.dtype),
             generator,
             solver=solver or flow.solver,
@@ -160,10 +168,17 @@ class FMBoostModel(nn.Module):
         solver: str | None = None,
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
+        tile_size: int | None = None,
+        tile_overlap: int = 0,
     ) -> ODESolution:
         """Scaled low-res latents → scaled high-res latents in ``.x1`` (with the NFE used)."""
         z_up = self.prepare_context(z_low, first_stage)
-        return self.sample(z_up, generator, solver, nfe, return_trajectory)
+        return self.sample(z_up, generator, solver, nfe, return_trajectory, tile_size, tile_overlap)
+
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides the U-Net accepts are multiples of this (its total downsampling)."""
+        return self.net.size_multiple
 
     def config_dict(self) -> dict[str, Any]:
         return {
