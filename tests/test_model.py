@@ -7,7 +7,7 @@ import torch
 from fmboost.config import FlowConfig
 from fmboost.errors import ConfigError, WeightsError
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.models import FMBoostModel
+from fmboost.models import FMBoostModel, fmboost_model
 from tests.conftest import tiny_unet_config
 
 
@@ -113,3 +113,42 @@ def test_every_objective_trains_exports_and_upsamples_through_the_same_model_int
     result = loaded.upsample(torch.rand(1, 3, 8, 8), IdentityFirstStage(), nfe=4)
     assert result.x1.shape == (1, 3, 16, 16) and torch.isfinite(result.x1).all()
     assert result.nfe == (1 if objective in ("l1", "l2") else 4)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("model_channels", 100000, "model: this network would have"),
+        ("model_channels", -32, "model.model_channels"),
+        ("head_channels", 0, "model.head_channels"),
+    ],
+)
+def test_an_untrustworthy_model_config_is_refused_before_the_network_is_allocated(
+    tmp_path, key, value, named
+):
+    tiny_model().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"][key] = value
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=named):
+        FMBoostModel.from_pretrained(tmp_path)
+
+
+def test_weight_shapes_are_checked_from_the_safetensors_header_before_the_network_is_built(
+    tmp_path, monkeypatch
+):
+    tiny_model().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"]["model_channels"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    read = []
+    monkeypatch.setattr(fmboost_model, "load_file", lambda *args: read.append(args))
+    with pytest.raises(
+        WeightsError,
+        match=r"do not fit config.json: time_embed.0.weight is \[64, 16\], config.json says \[128, 32\]",
+    ):
+        FMBoostModel.from_pretrained(tmp_path)
+    assert read == []  # refused from the header: no tensor data was read
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        FMBoostModel.from_pretrained(tmp_path)

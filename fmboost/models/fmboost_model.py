@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -71,6 +72,25 @@ def find_export(path: str | Path) -> Path:
         f"{directory} is not an FMBoost model directory ({CONFIG_NAME} is missing), nor a checkpoint or "
         "a training run with a complete checkpoint"
     )
+
+
+def check_stored_shapes(weights_path: Path, expected: dict[str, tuple[int, ...]], config_name: str) -> None:
+    """Compare the tensors a safetensors header lists with the network's, before anything is loaded."""
+    try:
+        with safe_open(str(weights_path), "pt") as handle:
+            stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # a truncated or foreign file: safetensors raises its own error types
+        raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
+    missing, unexpected = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    problems = [f"missing {missing[:3]}"] if missing else []
+    problems += [f"unexpected {unexpected[:3]}"] if unexpected else []
+    problems += [
+        f"{name} is {list(stored[name])}, {config_name} says {list(shape)}"
+        for name, shape in expected.items()
+        if name in stored and stored[name] != shape
+    ][:3]
+    if problems:
+        raise WeightsError(f"{weights_path}: weights do not fit {config_name}: " + "; ".join(problems))
 
 
 class FMBoostModel(nn.Module):
@@ -216,14 +236,9 @@ class FMBoostModel(nn.Module):
             raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
         model_section = upgrade_model_section(saved.get("model", {}), saved.get("format_version", 1))
         config = merge_config([(str(config_path), {"model": model_section, "flow": saved.get("flow", {})})])
+        with torch.device("meta"):  # the shapes the config implies, without allocating the network
+            expected = {name: tuple(t.shape) for name, t in cls.from_config(config).net.state_dict().items()}
+        check_stored_shapes(weights_path, expected, config_path.name)
         model = cls.from_config(config, saved.get("first_stage"))
-        try:
-            missing, unexpected = model.net.load_state_dict(load_file(str(weights_path)), strict=False)
-        except Exception as error:
-            raise WeightsError(f"{weights_path}: weights do not fit {config_path.name} ({error})") from None
-        if missing or unexpected:
-            raise WeightsError(
-                f"{weights_path}: weights do not fit {config_path.name}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+        model.net.load_state_dict(load_file(str(weights_path)))
         return model.to(device=device, dtype=dtype).eval()

@@ -16,12 +16,17 @@ Every attention layer has the same inner width ``num_heads · head_channels`` (t
 """
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmboost.config import UNetConfig, require
+
+MAX_PARAMETERS = 4_000_000_000
+"""A sane upper bound (13× the paper's 306 M network, 16 GB of fp32 weights): a larger ``model`` section
+is a typo far more often than an intention, and would otherwise try to allocate it."""
 
 
 def validate_unet(model: UNetConfig) -> None:
@@ -53,7 +58,13 @@ def validate_unet(model: UNetConfig) -> None:
         require(
             model.num_heads > 0, "model.num_heads", "must be positive (or null: one head per head_channels)"
         )
-        return
+    else:
+        check_head_split(model, factors)
+    check_size(model)
+
+
+def check_head_split(model: UNetConfig, factors: list[int]) -> None:
+    """With ``num_heads: null``, every attending width must split into heads of ``head_channels``."""
     widths = {model.model_channels * model.channel_mult[-1]}  # the middle block always attends
     widths |= {
         model.model_channels * m
@@ -66,6 +77,25 @@ def validate_unet(model: UNetConfig) -> None:
             "model.head_channels",
             f"{width} channels do not split into heads of {model.head_channels} (or set model.num_heads)",
         )
+
+
+def check_size(model: UNetConfig) -> None:
+    """Refuse networks above :data:`MAX_PARAMETERS` before any memory is allocated for them."""
+    count = parameter_count(model)
+    require(
+        count <= MAX_PARAMETERS,
+        "model",
+        f"this network would have {count / 1e9:.1f} billion parameters, more than the "
+        f"{MAX_PARAMETERS / 1e9:.0f} billion FMBoost builds (check model_channels and channel_mult)",
+    )
+
+
+def parameter_count(model: UNetConfig) -> int:
+    """Exact parameter count of the network, built on the ``meta`` device (no memory is allocated)."""
+    if model.in_channels is None:
+        model = replace(model, in_channels=2 * model.out_channels)
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in UNet(model).parameters())
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
