@@ -126,6 +126,15 @@ def job_parameters(args: argparse.Namespace, cluster, backend: str) -> dict:
     return parameters
 
 
+def check_training_data(config) -> None:
+    """The data the job will read exists and fits the model: checked here, not minutes later in a job."""
+    from fmboost.data.dataset import resolve_for_model
+
+    for key in ("train", "validation"):
+        if getattr(config.data, key):
+            resolve_for_model(config, key)
+
+
 def submit_training(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     backend = choose_backend(args.cluster or config.cluster.backend)
@@ -135,6 +144,7 @@ def submit_training(args: argparse.Namespace) -> int:
         print(to_yaml(config))
         print(f"{backend} job parameters: {parameters}")
         return 0
+    check_training_data(config)
     job_dir = args.job_dir or run_dir / "submitit"
     executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
     executor.update_parameters(**parameters)

@@ -8,7 +8,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from fmboost.data.shards import Manifest
 from fmboost.errors import FMBoostError
 from fmboost.image_decoding import ImageRejected, decode_image
 from fmboost.image_processing import resize_images
+
+if TYPE_CHECKING:
+    from fmboost.config import FMBoostConfig
 
 
 @dataclass
@@ -34,6 +37,10 @@ class LatentDataset:
 def resolve_dataset(spec: str) -> LatentDataset:
     """``spec`` is a dataset directory (all complete shards) or a brace pattern of its shard tars."""
     path = Path(spec).expanduser()
+    if not path.exists() and not spec.endswith(".tar"):
+        raise FMBoostError(
+            f"{spec} does not exist (give a latent dataset directory or a brace pattern of its shards)"
+        )
     if path.is_dir():
         root = path
         manifest = Manifest.load(root)
@@ -88,13 +95,32 @@ def check_compatible(
         raise FMBoostError("latent shards do not fit the model: " + "; ".join(problems))
 
 
+def resolve_for_model(config: "FMBoostConfig", key: str) -> LatentDataset:
+    """``data.<key>`` (``train`` or ``validation``) resolved and checked against the model; errors name
+    ``data.<key>``, so a wrong path is reported before a job is submitted, not inside it."""
+    spec, flow = getattr(config.data, key), config.flow
+    try:
+        dataset = resolve_dataset(spec)
+        first_stage = config.first_stage.name if key == "train" else None
+        check_compatible(
+            dataset.manifest, config.model.out_channels, flow.scale_factor, first_stage, flow.upsampling
+        )
+    except FMBoostError as error:
+        raise FMBoostError(error.message, f"data.{key}") from None
+    return dataset
+
+
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     """Raw tar members → arrays, strings and images; every other member is dropped undecoded."""
     sample: dict[str, Any] = {"key": raw["__key__"]}
     for name in (schema.LATENT, schema.LATENT_LOWRES, schema.LATENT_PSU):
         if name not in raw:
             raise FMBoostError(f"{raw.get('__url__', '?')}: sample {raw['__key__']} has no {name}")
-        sample[name] = schema.decode_array(raw[name])
+        try:
+            sample[name] = schema.decode_array(raw[name])
+        except (ValueError, OSError, EOFError) as error:
+            where = f"{raw.get('__url__', '?')}: sample {raw['__key__']}"
+            raise FMBoostError(f"{where}: {name} is not a plain .npy array ({error})") from None
     sample["caption"] = raw.get(schema.CAPTION, b"").decode("utf-8", errors="replace")
     sample["metadata"] = json.loads(raw[schema.METADATA]) if schema.METADATA in raw else {}
     if schema.IMAGE in raw:

@@ -12,6 +12,7 @@ then over workers, and read in order.
 """
 
 import random
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmboost.data.dataset import LatentDataset, SampleTransform, collate, decode_sample
+from fmboost.errors import FMBoostError
 
 
 def worker_identity() -> tuple[int, int]:
@@ -27,8 +29,39 @@ def worker_identity() -> tuple[int, int]:
 
 
 def raw_samples(url: str) -> Iterator[dict[str, Any]]:
-    """Undecoded members of one shard, grouped by key (webdataset's tar reader)."""
-    yield from wds.tarfile_samples([{"url": url}])
+    """Undecoded members of one shard, grouped by key (webdataset's tar reader); a truncated or corrupt
+    tar is an error naming the shard and the last sample read whole."""
+    last_key = None
+    try:
+        for sample in wds.tarfile_samples([{"url": url}]):
+            last_key = sample["__key__"]
+            yield sample
+    except (tarfile.TarError, OSError, EOFError) as error:
+        after = f"after sample {last_key}" if last_key is not None else "before its first sample"
+        raise FMBoostError(f"{url}: truncated or corrupt shard, {after} ({error}); re-encode it") from None
+
+
+def counted(samples: Iterator[dict[str, Any]], url: str, expected: int) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, checked against the count its ``.stats.json`` records (a shard that
+    holds fewer would otherwise make an infinite stream spin without yielding)."""
+    found = 0
+    for sample in samples:
+        found += 1
+        yield sample
+    if found != expected:
+        raise FMBoostError(f"{url} holds {found} samples but its .stats.json says {expected}; re-encode it")
+
+
+def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; an :class:`FMBoostError` raised in a worker process comes out as its own
+    one-line message instead of the DataLoader's copy of the worker's traceback."""
+    try:
+        yield from loader
+    except FMBoostError as error:
+        lines = str(error).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught FMBoostError"):
+            raise FMBoostError(lines[-1].split("FMBoostError: ", 1)[-1]) from None
+        raise
 
 
 def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
@@ -81,7 +114,9 @@ class TrainStream(IterableDataset):
     def segment_samples(self, stream: int, segment: int, skip: int) -> Iterator[dict[str, Any]]:
         shard = self.segment_shard(stream, segment)
         rng = random.Random(f"{self.seed}:shuffle:{self.rank}:{stream}:{segment}")
-        order = shuffled(raw_samples(str(self.dataset.shards[shard])), self.shuffle_buffer, rng)
+        url = str(self.dataset.shards[shard])
+        samples = counted(raw_samples(url), url, self.dataset.counts[shard])
+        order = shuffled(samples, self.shuffle_buffer, rng)
         for index, raw in enumerate(order):
             if index < skip:
                 continue

@@ -17,8 +17,9 @@ import deepspeed
 import torch
 
 from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
-from fmboost.data import TrainStream, ValidationStream, check_compatible, make_loader, resolve_dataset
-from fmboost.data.dataset import SampleTransform
+from fmboost.data import TrainStream, ValidationStream, make_loader
+from fmboost.data.dataset import SampleTransform, resolve_for_model
+from fmboost.data.streams import unwrap_worker_errors
 from fmboost.devices import resolve_precision
 from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed, mean_over_ranks
 from fmboost.errors import FMBoostError
@@ -57,12 +58,8 @@ def build_validator(config: FMBoostConfig, device: torch.device) -> Validator | 
     """Periodic validation on the held-out shards (rank 0), decoded with the first stage they record."""
     if not config.data.validation:
         return None
-    dataset = resolve_dataset(config.data.validation)
-    flow = config.flow
-    check_compatible(
-        dataset.manifest, config.model.out_channels, flow.scale_factor, upsampling=flow.upsampling
-    )
-    transform = SampleTransform(dataset.manifest, flow.upsampling, config.data.crop_size)
+    dataset = resolve_for_model(config, "validation")
+    transform = SampleTransform(dataset.manifest, config.flow.upsampling, config.data.crop_size)
     loader = make_loader(ValidationStream(dataset, transform, config.data.batch_size), 0)
     first_stage = build_first_stage(dataset.manifest.first_stage).to(device)
     return Validator(loader, first_stage, config.eval, device, config.train.seed)
@@ -106,11 +103,8 @@ def train_in_run_folder(
     settings = config.train
 
     # ------------------------------------------------------------------ setup: data
-    train_set = resolve_dataset(config.data.train)
+    train_set = resolve_for_model(config, "train")
     manifest, flow = train_set.manifest, config.flow
-    check_compatible(
-        manifest, config.model.out_channels, flow.scale_factor, config.first_stage.name, flow.upsampling
-    )
 
     # ------------------------------------------------------------------ setup: model, DeepSpeed, EMA
     torch.manual_seed(settings.seed)
@@ -164,7 +158,7 @@ def train_in_run_folder(
         config.data.shuffle_buffer,
         start_batch=state.batches_served,
     )
-    batches = iter(make_loader(stream, config.data.num_workers))
+    batches = unwrap_worker_errors(make_loader(stream, config.data.num_workers))
 
     def save_checkpoint() -> Path:
         directory = checkpointer.save(state)

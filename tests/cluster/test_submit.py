@@ -131,3 +131,15 @@ def test_an_evaluation_config_runs_as_local_array_tasks_and_the_last_one_merges(
     rows = json.loads((tmp_path / "results" / "results.json").read_text())["results"]
     assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "model"}
     assert all(row["images"] == 16 for row in rows)
+
+
+def test_a_missing_training_dataset_is_one_line_before_anything_is_submitted(tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    arguments = ["--cluster", "local", "configs/demo/tiny_cpu.yaml", f"data.train={missing}"]
+    assert main([*arguments, f"train.run_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"error: data.train: {missing} does not exist "
+        "(give a latent dataset directory or a brace pattern of its shards)"
+    )
+    assert not (tmp_path / "run").exists()  # no job folder: nothing was submitted

@@ -13,6 +13,7 @@ from fmboost.data import TrainStream, ValidationStream, check_compatible, make_l
 from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, decode_sample
 from fmboost.data.shards import Manifest
+from fmboost.data.streams import unwrap_worker_errors
 from fmboost.errors import FMBoostError
 from tests.data_pipeline.builders import good_shards, tiny_encode_config
 
@@ -174,3 +175,59 @@ def test_a_psu_mode_other_than_the_one_the_shards_were_encoded_with_is_refused_n
         match=r"contexts made with psu_roundtrip \(manifest psu_variant\), but flow.upsampling is psu_pixel",
     ):
         check_compatible(latent_dataset.manifest, 3, 2, upsampling="psu_pixel")
+
+
+def copy_with_shard(tmp_path, latent_dataset, shard_bytes: bytes, claimed: int = 6):
+    """A one-shard dataset whose shard holds ``shard_bytes`` and whose stats claim ``claimed`` samples."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "000000.tar").write_bytes(shard_bytes)
+    (tmp_path / "shards" / "000000.stats.json").write_text(json.dumps({"written": claimed}))
+    (tmp_path / "manifest.json").write_text((latent_dataset.root / "manifest.json").read_text())
+    return resolve_dataset(str(tmp_path / "shards" / "000000.tar"))
+
+
+def first_error_line(loader) -> str:
+    with pytest.raises(FMBoostError) as error:
+        next(unwrap_worker_errors(loader))
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_a_stream_over_shards_that_hold_no_samples_fails_naming_the_shard_instead_of_spinning(
+    tmp_path, latent_dataset
+):
+    empty = io.BytesIO()
+    tarfile.open(fileobj=empty, mode="w").close()
+    dataset = copy_with_shard(tmp_path, latent_dataset, empty.getvalue())
+    message = first_error_line(make_loader(train_stream(dataset, world_size=1), num_workers=2))
+    assert "000000.tar holds 0 samples but its .stats.json says 6" in message
+
+
+def test_a_truncated_shard_names_the_shard_and_the_last_whole_sample(tmp_path, latent_dataset):
+    source = latent_dataset.shards[0].read_bytes()
+    dataset = copy_with_shard(tmp_path, latent_dataset, source[: len(source) // 2 + 100])
+    message = first_error_line(make_loader(train_stream(dataset, world_size=1), num_workers=0))
+    assert "000000.tar: truncated or corrupt shard, after sample" in message
+
+
+def test_a_corrupt_npy_member_names_the_shard_the_sample_and_the_member(tmp_path, latent_dataset):
+    object_array = io.BytesIO()
+    np.save(object_array, np.array([Exploit()], dtype=object), allow_pickle=True)
+    shard = io.BytesIO()
+    source = io.BytesIO(latent_dataset.shards[0].read_bytes())
+    with tarfile.open(fileobj=source) as original, tarfile.open(fileobj=shard, mode="w") as target:
+        for index, member in enumerate(original.getmembers()):
+            data = original.extractfile(member).read()
+            if index < 8 and member.name.endswith(f".{schema.LATENT}"):  # in the first sample
+                data, member.size = object_array.getvalue(), len(object_array.getvalue())
+            target.addfile(member, io.BytesIO(data))
+    dataset = copy_with_shard(tmp_path, latent_dataset, shard.getvalue())
+    message = first_error_line(
+        make_loader(ValidationStream(dataset, SampleTransform(dataset.manifest, "psu_roundtrip"), 8), 0)
+    )
+    assert "000000.tar: sample " in message and f"{schema.LATENT} is not a plain .npy array" in message
+
+
+def test_a_missing_dataset_path_says_it_does_not_exist(tmp_path):
+    with pytest.raises(FMBoostError, match="missing does not exist"):
+        resolve_dataset(str(tmp_path / "missing"))
