@@ -23,6 +23,9 @@ from fmboost.image_decoding import DecodeFailure, ImageRejected, decode_image
 class Reason:
     """Rejection reasons, as recorded in stats and manifests."""
 
+    UNSAFE_KEY = "unsafe_key"
+    DUPLICATE_KEY = "duplicate_key"
+    NOT_A_FILE = "not_a_file"
     MISSING_IMAGE = "missing_image"
     UNDECODABLE_IMAGE = DecodeFailure.UNDECODABLE_IMAGE
     TRUNCATED_IMAGE = DecodeFailure.TRUNCATED_IMAGE
@@ -133,9 +136,25 @@ def crop_keys(key: str, crops_per_image: int) -> list[str]:
     return [key] if crops_per_image == 1 else [f"{key}_c{index:02d}" for index in range(crops_per_image)]
 
 
+def unsafe_key(key: str) -> str | None:
+    """Why ``key`` must not become a member name of an output shard, or ``None`` if it is safe.
+
+    An absolute key or one with ``..`` would make a tar extractor write outside its target folder.
+    """
+    if key.startswith("/") or "\\" in key:
+        return "an absolute path or a backslash"
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return "an empty, '.' or '..' path component"
+    if any(ord(character) < 32 for character in key):
+        return "a control character"
+    return None
+
+
 def preprocess(sample: RawSample, settings: PreprocessSettings, shard_name: str) -> list[Prepared] | Rejected:
     """Turn one raw sample into ``crops_per_image`` :class:`Prepared` crops or one :class:`Rejected`
     record; never raises for bad data."""
+    if (problem := unsafe_key(sample.key)) is not None:
+        return Rejected(sample.key, Reason.UNSAFE_KEY, f"key {sample.key!r} holds {problem}")
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample.files), None)
     if image_ext is None:
         found = ", ".join(sorted(sample.files)) or "nothing"

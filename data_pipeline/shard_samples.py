@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected, preprocess
-from data_pipeline.sources import InputShard, TarBreak, iter_shard
+from data_pipeline.sources import InputShard, NotAFile, RawSample, TarBreak, iter_shard
 
 Item = Prepared | Rejected | TarBreak
 
@@ -23,12 +23,24 @@ class ShardSamples(IterableDataset):
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        keys_seen: set[str] = set()  # every worker streams every item, so all agree on duplicates
         for index, item in enumerate(iter_shard(self.shard)):
             if isinstance(item, TarBreak):
                 if worker == 0:
                     yield item
                 return
-            if index % workers == worker:
+            duplicate = isinstance(item, RawSample) and item.key in keys_seen
+            if isinstance(item, RawSample):
+                keys_seen.add(item.key)
+            if index % workers != worker:
+                continue
+            if isinstance(item, NotAFile):
+                yield Rejected(item.name, Reason.NOT_A_FILE, f"tar member is a {item.kind}")
+            elif duplicate:
+                yield Rejected(
+                    item.key, Reason.DUPLICATE_KEY, "an earlier sample of this shard has the same key"
+                )
+            else:
                 result = preprocess(item, self.settings, self.shard.name)
                 yield from result if isinstance(result, list) else [result]
 

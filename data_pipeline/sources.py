@@ -68,13 +68,25 @@ def missing_end_marker(path: Path) -> bool:
         return any(handle.read())
 
 
-def iter_tar(path: Path) -> Iterator[RawSample | TarBreak]:
+@dataclass(frozen=True)
+class NotAFile:
+    """A tar member that is no regular file (a directory, a link, a device): counted, never read."""
+
+    name: str
+    kind: str
+
+
+MEMBER_KINDS = {tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link"}
+
+
+def iter_tar(path: Path) -> Iterator[RawSample | TarBreak | NotAFile]:
     """Samples of a tar in order; a final :class:`TarBreak` if the tar is truncated or corrupt."""
     current: RawSample | None = None
     try:
         with tarfile.open(path, mode="r|*") as archive:
             for member in archive:
                 if not member.isfile():
+                    yield NotAFile(member.name, MEMBER_KINDS.get(member.type, "special file"))
                     continue
                 key, extension = split_member_name(member.name)
                 if current is not None and key != current.key:
@@ -126,7 +138,7 @@ def iter_listing(names: tuple[str, ...], read) -> Iterator[RawSample]:
         yield RawSample(sample_key(stem), {name.rsplit(".", 1)[1].lower(): read(name) for name in group})
 
 
-def iter_shard(shard: InputShard) -> Iterator[RawSample | TarBreak]:
+def iter_shard(shard: InputShard) -> Iterator[RawSample | TarBreak | NotAFile]:
     if shard.folder_files:
         names = tuple(str(p.relative_to(shard.path)) for p in shard.folder_files)
         yield from iter_listing(names, lambda name: (shard.path / name).read_bytes())

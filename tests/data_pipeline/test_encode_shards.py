@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -262,3 +263,35 @@ def test_the_sample_dataset_encodes_with_the_shipped_config(tmp_path):
     run(config)
     totals = Manifest.load(tmp_path / "latents").totals
     assert totals["seen"] == 120 and totals["written"] == 120
+
+
+def test_dangerous_names_duplicates_and_directories_are_counted_and_never_written(tmp_path):
+    shard = write_tar(
+        tmp_path / "in" / "00000.tar",
+        [
+            good_sample("../../evil", 1),
+            good_sample("/abs/evil", 2),
+            good_sample("photos/ok", 3),
+            good_sample("twice", 4),
+            good_sample("other", 5),
+            good_sample("twice", 6),
+        ],
+    )
+    with tarfile.open(shard, "a") as archive:
+        directory = tarfile.TarInfo("photos")
+        directory.type = tarfile.DIRTYPE
+        archive.addfile(directory)
+
+    run(tiny_encode_config(str(shard), tmp_path / "out"))
+
+    stats = json.loads((tmp_path / "out/shards/000000.stats.json").read_text())
+    assert stats["rejected"] == {Reason.UNSAFE_KEY: 2, Reason.DUPLICATE_KEY: 1, Reason.NOT_A_FILE: 1}
+    assert (stats["seen"], stats["written"]) == (7, 3)
+    with tarfile.open(tmp_path / "out/shards/000000.tar") as written:
+        names = written.getnames()
+    assert all(not name.startswith("/") and ".." not in name for name in names)
+    assert sorted({name.split(".")[0] for name in names}) == ["other", "photos/ok", "twice"]
+    extracted = tmp_path / "extracted"
+    with tarfile.open(tmp_path / "out/shards/000000.tar") as written:
+        written.extractall(extracted, filter="data")  # would raise on an escaping member
+    assert not (tmp_path / "evil.latent.npy").exists()
