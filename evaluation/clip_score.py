@@ -25,7 +25,7 @@ class ClipScorer:
         try:
             self.model = CLIPModel.from_pretrained(str(local) if local.exists() else model).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(str(local) if local.exists() else model)
-        except OSError as error:
+        except Exception as error:  # missing (OSError) or corrupt (JSON, safetensors, shape errors) files
             raise WeightsError(
                 f"clip_model: cannot load CLIP from {model!r} ({str(error).splitlines()[0]}); offline, "
                 "download it first (openai/clip-vit-large-patch14) and point clip_model at it"

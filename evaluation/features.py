@@ -1,10 +1,11 @@
 """Image feature extractors for FID-style metrics: clean-fid's Inception-V3, or any callable for tests.
 
-The Inception weights come from a local file only (clean-fid's ``inception-2015-12-05.pt``): a missing
-file is reported with where to put it and where to get it; nothing is downloaded and no untrained
-network ever stands in for it.
+The Inception weights come from a local file only (clean-fid's ``inception-2015-12-05.pt``, under any
+name): a missing or unreadable file is reported with where to put it and where to get it; nothing is
+downloaded and no untrained network ever stands in for it.
 """
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,17 @@ class CleanInception:
         path = Path(path).expanduser()
         if not path.is_file():
             raise WeightsError(missing_inception_message(path))
-        self.model = InceptionV3W(str(path.parent), download=False).to(device).eval()
+        # clean-fid loads ``<folder>/inception-2015-12-05.pt``; a link under that name in a scratch
+        # folder makes it load exactly the file given, whatever it is called.
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / INCEPTION_FILE).symlink_to(path.resolve())
+            try:
+                self.model = InceptionV3W(folder, download=False).to(device).eval()
+            except Exception as error:  # TorchScript raises RuntimeError subclasses for any bad file
+                raise WeightsError(
+                    f"{path} is not a readable Inception-V3 TorchScript file "
+                    f"({type(error).__name__}: {str(error).strip().splitlines()[0][:200]})"
+                ) from None
         self.resize = build_resizer("clean")
         self.device = device
 

@@ -16,11 +16,16 @@ features and statistics before any Fréchet distance is taken.
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluation.config import FEATURE_METRICS, EvalRunConfig, load_eval_config
 from fmboost.cli import report_errors
-from fmboost.errors import WeightsError
+from fmboost.errors import FMBoostError, WeightsError
+
+if TYPE_CHECKING:
+    from fmboost.data import LatentDataset
 
 logger = logging.getLogger("evaluation")
 
@@ -54,6 +59,27 @@ def load_metric_models(config: EvalRunConfig, device, extractor=None, clip=None)
     return extractor, (clip if "clip" in metrics else None), metrics
 
 
+def check_writable(results_dir: Path) -> None:
+    """Fail before any generation, not after it, when the results cannot be written."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise FMBoostError(
+            f"{results_dir} is not a writable folder ({error.strerror or error})", "results_dir"
+        ) from None
+
+
+def warn_if_fewer_images(num_images: int, dataset: "LatentDataset", data: str) -> None:
+    """``num_images`` above what the data holds is evaluated on all of it, and said so."""
+    available = sum(dataset.counts)
+    if num_images > available:
+        logger.warning(
+            "num_images=%d, but %s holds %d images: evaluating all %d", num_images, data, available, available
+        )
+
+
 def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
     from evaluation.benchmarks import BENCHMARKS, Generators
@@ -71,12 +97,13 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from fmboost.tracking import Tracker
     from fmboost.upsampling_eval import validation_loader
 
+    results_dir = Path(config.results_dir)
+    check_writable(results_dir)
     task, num_tasks = task_share(config.task_index, config.num_tasks)
     device = resolve_device(config.device)
     model_dirs = [find_export(path) for path in config.models]
     extractor, clip, metrics = load_metric_models(config, device, extractor, clip)
     labels = model_labels(config.models)
-    results_dir = Path(config.results_dir)
 
     if config.benchmark == "upsampling":
         models = {
@@ -94,7 +121,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
         entries = sweep_entries(config, list(models))
     else:
         pipeline = FMBoostPipeline.from_pretrained(model_dirs, base=config.base, device=config.device)
-        loader, _ = validation_loader(
+        loader, dataset = validation_loader(
             config.data,
             pipeline.stages[0].flow_config.upsampling,
             config.batch_size,
@@ -103,6 +130,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
         )
         generators = Generators(pipeline.first_stage, pipeline=pipeline)
         entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
+    warn_if_fewer_images(config.num_images, dataset, config.data)
     recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key, num_tasks=num_tasks)
     grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
     for skipped in sorted(recorder.skipped_crops):

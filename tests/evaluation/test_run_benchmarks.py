@@ -264,3 +264,71 @@ def test_each_task_evaluates_its_share_of_the_images_however_the_split_was_resol
     )  # no task_index: torchrun or Slurm split it
     assert Recorder(config, [], None, None, "k", num_tasks=2).images_for_this_task() == 5
     assert Recorder(config, [], None, None, "k").images_for_this_task() == 9
+
+
+class StandInInception(torch.nn.Module):
+    """A TorchScript module shaped like clean-fid's: ``layers`` maps 299² images to 2048 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2048)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_inception_path_loads_the_named_file_and_a_corrupt_one_is_a_clear_error(tmp_path):
+    from evaluation.features import CleanInception
+
+    named = tmp_path / "my-inception.pt"
+    torch.jit.script(StandInInception()).save(str(named))
+    features = CleanInception(named, torch.device("cpu"))(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert features.shape == (2, 2048)
+    (tmp_path / "broken.pt").write_bytes(b"not torchscript")
+    with pytest.raises(WeightsError, match="broken.pt is not a readable Inception-V3 TorchScript file"):
+        CleanInception(tmp_path / "broken.pt", torch.device("cpu"))
+
+
+def test_corrupt_metric_weights_are_skipped_with_a_warning_or_stop_when_required(tmp_path, setup, caplog):
+    from evaluation.run_benchmarks import load_metric_models
+
+    latents, stage = setup
+    (tmp_path / "broken.pt").write_bytes(b"not torchscript")
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text("{ not json")
+    common = [f"inception_path={tmp_path}/broken.pt", f"clip_model={tmp_path}/clip"]
+    caplog.set_level(logging.WARNING)
+    config = load_eval_config(None, overrides(latents, stage, tmp_path / "r", *common))
+    extractor, clip, metrics = load_metric_models(config, torch.device("cpu"))
+    assert extractor is None and clip is None and "fid" not in metrics and "psnr" in metrics
+    assert len([r for r in caplog.records if "skipping FID" in r.getMessage()]) == 1
+    only_clip = load_eval_config(
+        None, overrides(latents, stage, tmp_path / "r", *common, "metrics=[psnr,clip]")
+    )
+    assert load_metric_models(only_clip, torch.device("cpu"))[2] == ["psnr"]
+    required = load_eval_config(
+        None,
+        overrides(latents, stage, tmp_path / "r", *common, "metrics=[clip]", "require_feature_metrics=true"),
+    )
+    with pytest.raises(WeightsError, match="cannot load CLIP"):
+        load_metric_models(required, torch.device("cpu"))
+
+
+def test_an_unwritable_results_dir_fails_before_any_generation(tmp_path, setup, capsys):
+    latents, stage = setup
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(overrides(latents, stage, tmp_path / "a-file" / "results", "nfe=[1]")) == 2
+    assert "error: results_dir: " in capsys.readouterr().err
+
+
+def test_more_images_asked_for_than_the_data_holds_is_a_warning(tmp_path, setup, caplog):
+    latents, stage = setup
+    caplog.set_level(logging.WARNING)
+    config = load_eval_config(
+        None, [*overrides(latents, stage, tmp_path / "r", "nfe=[1]", "metrics=[psnr]"), "num_images=1000"]
+    )
+    result = run(config, extractor=pixel_features)
+    assert any("num_images=1000, but" in r.getMessage() for r in caplog.records)
+    assert all(row["images"] == 16 for row in result["rows"])
