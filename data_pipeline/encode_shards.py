@@ -25,17 +25,17 @@ from webdataset import TarWriter
 
 from data_pipeline.config import EncodeConfig, load_encode_config
 from data_pipeline.latent_encoder import LatentEncoder
-from data_pipeline.manifest import describe_dataset, refuse_mixed_settings, update_manifest
+from data_pipeline.manifest import describe_dataset, read_stats, refuse_mixed_settings, update_manifest
 from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
-from data_pipeline.sources import InputShard, TarBreak, list_input_shards
+from data_pipeline.sources import InputShard, TarBreak, fingerprint, list_input_shards
 from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.cli import report_errors
 from fmboost.config import to_yaml
 from fmboost.data import shards as schema
 from fmboost.devices import resolve_device
 from fmboost.distributed import task_share
-from fmboost.errors import ConfigError
+from fmboost.errors import ConfigError, FMBoostError
 from fmboost.first_stage import build_first_stage
 
 logger = logging.getLogger("data_pipeline.encode_shards")
@@ -70,7 +70,7 @@ def encode_shard(
     """Encode one input shard into ``shards/NNNNNN.tar``; its stats file is written last."""
     final = schema.shard_path(root, shard.index)
     final.unlink(missing_ok=True)  # a tar without its stats file was never declared complete
-    stats = schema.ShardStats(source=shard.name)
+    stats = schema.ShardStats(source=shard.name, source_fingerprint=fingerprint(shard))
     settings = PreprocessSettings(
         config.high_res,
         config.crop,
@@ -143,12 +143,35 @@ class RunSummary:
         )
 
 
+def already_encoded(root: Path, shard: InputShard) -> bool:
+    """Whether ``shard`` is complete in ``root``; a complete shard made from other input is refused."""
+    stats = read_stats(root, shard.index)
+    if stats is None:
+        return False
+    now = fingerprint(shard)
+    if stats.source_fingerprint is not None and stats.source_fingerprint != now:
+        described = [
+            f"{f['path']}, {f['size']} bytes, sha256 {f['sha256'][:12]}"
+            for f in (stats.source_fingerprint, now)
+        ]
+        raise FMBoostError(
+            f"{schema.shard_path(root, shard.index)} was encoded from other input ({described[0]}) than this "
+            f"input's {shard.name} ({described[1]}); choose another output directory, or delete that shard "
+            "and its .stats.json to encode it again",
+            "output",
+        )
+    return True
+
+
 def run(config: EncodeConfig) -> RunSummary:
     """Encode this task's share of the input shards; returns what was done."""
     started = time.perf_counter()
     shards = list_input_shards(config.input, config.images_per_shard)
     root = Path(config.output).expanduser()
-    (root / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        (root / schema.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FMBoostError(f"{root} (or a folder above it) is a file, not a folder", "output") from None
     first_stage = build_first_stage(config.first_stage)
     factor = first_stage.downsampling_factor
     if config.low_res % factor:
@@ -161,7 +184,7 @@ def run(config: EncodeConfig) -> RunSummary:
 
     task_index, num_tasks = task_share(config.task_index, config.num_tasks)
     mine = [shard for shard in shards if shard.index % num_tasks == task_index]
-    todo = [shard for shard in mine if not schema.stats_path(root, shard.index).is_file()]
+    todo = [shard for shard in mine if not already_encoded(root, shard)]
     summary = RunSummary(shards_skipped=len(mine) - len(todo))
     device = resolve_device(config.device)
     logger.info(

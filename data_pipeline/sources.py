@@ -8,6 +8,7 @@ Tars are read as a stream, so a truncated or corrupt tar yields every sample bef
 break itself is reported (with the key of the sample it cut) instead of being raised.
 """
 
+import hashlib
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -48,6 +49,35 @@ class InputShard:
     path: Path
     folder_files: tuple[Path, ...] = ()
     zip_members: tuple[str, ...] = ()
+
+
+FINGERPRINT_BYTES = 1 << 20
+
+
+def fingerprint(shard: InputShard) -> dict[str, str | int]:
+    """What identifies an input shard's content, cheaply enough to check on every rerun.
+
+    A tar: its path, size and a SHA-256 of its first and last MiB. A folder or zip slice: its path and
+    a SHA-256 over its files' names and sizes (zip: and their stored CRC-32s).
+    """
+    digest = hashlib.sha256()
+    if shard.folder_files:
+        for file in shard.folder_files:
+            digest.update(f"{file.relative_to(shard.path)}:{file.stat().st_size}\n".encode())
+        size = sum(file.stat().st_size for file in shard.folder_files)
+    elif shard.zip_members:
+        with zipfile.ZipFile(shard.path) as archive:
+            infos = [archive.getinfo(name) for name in shard.zip_members]
+        for info in infos:
+            digest.update(f"{info.filename}:{info.file_size}:{info.CRC}\n".encode())
+        size = sum(info.file_size for info in infos)
+    else:
+        size = shard.path.stat().st_size
+        with open(shard.path, "rb") as handle:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            handle.seek(max(0, size - FINGERPRINT_BYTES))
+            digest.update(handle.read(FINGERPRINT_BYTES))
+    return {"path": str(shard.path.resolve()), "size": size, "sha256": digest.hexdigest()}
 
 
 def split_member_name(name: str) -> tuple[str, str]:

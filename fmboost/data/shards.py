@@ -69,6 +69,7 @@ class ShardStats:
     rejected_keys: dict[str, list[str]] = field(default_factory=dict)
     first_rejection: dict[str, str] = field(default_factory=dict)
     tar_error: str | None = None
+    source_fingerprint: dict | None = None  # the input's path, size and hash; None in stats before 2026-11
 
     def reject(self, key: str, reason: str, detail: str = "") -> None:
         """Count a sample that was seen and not written, keeping its key and the first detail per reason."""

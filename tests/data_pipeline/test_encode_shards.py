@@ -295,3 +295,22 @@ def test_dangerous_names_duplicates_and_directories_are_counted_and_never_writte
     with tarfile.open(tmp_path / "out/shards/000000.tar") as written:
         written.extractall(extracted, filter="data")  # would raise on an escaping member
     assert not (tmp_path / "evil.latent.npy").exists()
+
+
+def test_other_input_with_the_same_shard_names_is_refused_not_mistaken_for_complete(tmp_path):
+    run(tiny_encode_config(good_shards(tmp_path / "first", shards=2, per_shard=2), tmp_path / "out"))
+    other = write_tar(tmp_path / "second" / "00000.tar", [good_sample(f"new{i}", 10 + i) for i in range(3)])
+    write_tar(tmp_path / "second" / "00001.tar", [good_sample("new9", 19)])
+    with pytest.raises(FMBoostError, match="000000.tar was encoded from other input") as error:
+        run(tiny_encode_config(str(tmp_path / "second" / "{00000..00001}.tar"), tmp_path / "out"))
+    assert str(tmp_path / "first") in str(error.value) and str(other) in str(error.value)
+
+
+def test_an_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    inputs = good_shards(tmp_path / "in", shards=1, per_shard=1)
+    (tmp_path / "out").write_text("a file")
+    assert main([f"input={inputs}", f"output={tmp_path / 'out'}", "first_stage.name=identity"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: output: {tmp_path / 'out'} (or a folder above it) is a file, not a folder"
+    )
