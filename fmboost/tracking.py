@@ -68,6 +68,7 @@ class Tracker:
         self._client = None
         self.retry_at = 0.0
         self.resumed = False
+        self.local_copy_failed = False
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,8 +144,15 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        try:
+            with open(self.run_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        except OSError as error:  # a full disk: say so once, keep training
+            if not self.local_copy_failed:
+                logger.warning(
+                    "cannot append to %s (%s); training goes on", self.run_dir / METRICS_FILE, error
+                )
+            self.local_copy_failed = True
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)

@@ -11,6 +11,7 @@ Layout under ``RUN/checkpoints/``::
     latest                    the tag of the last COMPLETE checkpoint, replaced atomically
 """
 
+import errno
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fmboost.atomic_files import write_text_atomically
+from fmboost.distributed import all_ranks_agree
 from fmboost.errors import FMBoostError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -28,6 +30,7 @@ COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 EXPORT_DIR = "export"
+DISK_FULL_BYTES = 16 * 1024**2  # below this much free space, a failed write is taken for a full disk
 
 
 @dataclass
@@ -103,6 +106,27 @@ def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class CheckpointWriteError(FMBoostError):
+    """A checkpoint could not be written; the message names the last good one."""
+
+
+def write_failure_message(directory: Path, error: BaseException | None, rank: int) -> str:
+    """Why ``directory`` could not be written, in words: a full disk is said to be one."""
+    last_good = latest_checkpoint(directory.parent.parent)
+    resume = f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
+    if error is None:
+        return f"another rank failed to write checkpoint {directory}; {resume}"
+    free = shutil.disk_usage(directory.parent).free if directory.parent.exists() else None
+    no_space = getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < DISK_FULL_BYTES)
+    if no_space:
+        return (
+            f"the disk is full: checkpoint {directory} could not be written ({free} bytes free); "
+            f"{resume}. Free space (or set train.keep_checkpoints lower) and resume"
+        )
+    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return f"rank {rank} could not write checkpoint {directory} ({detail}); {resume}"
+
+
 class Checkpointer:
     """Saves and restores everything an exact resume needs, for one rank of one run.
 
@@ -144,13 +168,20 @@ class Checkpointer:
         import torch.distributed as dist
 
         directory = self.directory_for(state.step)
-        self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
-        save_rng(directory, self.rank, self.loss_generator)
-        if self.is_main:
-            state.ema_updates = int(self.ema.num_updates)
-            save_main_process_files(directory, state, self.ema.shadow.state_dict())
-            self.ema.shadow.save_pretrained(directory / EXPORT_DIR)
-        dist.barrier()
+        failure = None
+        try:
+            self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+            save_rng(directory, self.rank, self.loss_generator)
+            if self.is_main:
+                state.ema_updates = int(self.ema.num_updates)
+                save_main_process_files(directory, state, self.ema.shadow.state_dict())
+                self.ema.shadow.save_pretrained(directory / EXPORT_DIR)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            failure = error
+        if all_ranks_agree(failure is not None, self.engine.device):  # every rank stops, none waits
+            if self.is_main:
+                shutil.rmtree(directory, ignore_errors=True)  # never complete; frees the space it took
+            raise CheckpointWriteError(write_failure_message(directory, failure, self.rank))
         if self.is_main:
             mark_complete(self.run_dir, directory, self.keep)
         dist.barrier()
