@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def master_port(job_id: str) -> int:
-    """A port derived from the job id, so concurrent jobs on one node do not collide."""
+    """A port derived from the job id, so concurrent jobs on one node do not collide.
+
+    It stays below Linux's ephemeral range (32768 and up), where any outgoing connection may already
+    hold it: rank 0 would fail to listen and the other ranks would wait for it forever.
+    """
     digits = re.sub(r"\D", "", job_id) or "0"
-    return 20000 + int(digits) % 40000
+    return 20000 + int(digits) % 12000
 
 
 def master_address(hostname: str) -> str:
