@@ -116,6 +116,8 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     crop_size: int | None = None
+    pin_memory: bool = True  # page-locked batches for asynchronous host-to-GPU copies (CUDA only)
+    prefetch_factor: int = 2  # batches each worker prepares ahead (with num_workers > 0)
 
 
 @dataclass
@@ -139,6 +141,8 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3
     resume: str = "auto"
+    channels_last: bool = False  # NHWC U-Net activations (faster convolutions on tensor cores)
+    compile: bool = False  # torch.compile the U-Net; falls back to eager with a warning if it cannot
 
 
 @dataclass

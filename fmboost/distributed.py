@@ -75,12 +75,6 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    tensor = torch.tensor([value], device=device, dtype=torch.float64)
-    torch.distributed.all_reduce(tensor)
-    return tensor.item() / torch.distributed.get_world_size()
-
-
 def device_for(env: DistributedEnv) -> torch.device:
     """One task per GPU: ``cuda:LOCAL_RANK`` when GPUs exist, else the CPU."""
     if torch.cuda.is_available():

@@ -172,6 +172,15 @@ class ValidationStream(IterableDataset):
             yield collate(pending)
 
 
-def make_loader(stream: IterableDataset, num_workers: int) -> DataLoader:
-    """A DataLoader over a stream that batches by itself."""
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
+def make_loader(
+    stream: IterableDataset, num_workers: int, pin_memory: bool = False, prefetch_factor: int = 2
+) -> DataLoader:
+    """A DataLoader over a stream that batches by itself (page-locked and prefetched if asked)."""
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )

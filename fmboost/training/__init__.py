@@ -23,5 +23,6 @@ def validate_training(config: FMBoostConfig) -> None:
     for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
         require(getattr(train, key) > 0, f"train.{key}", "must be positive")
     require(config.data.batch_size > 0, "data.batch_size", "must be positive")
+    require(config.data.prefetch_factor > 0, "data.prefetch_factor", "must be positive")
     validate_solver(config.eval.solver, config.eval.nfe, "eval")
     require(config.eval.num_images > 0, "eval.num_images", "must be positive")

@@ -131,7 +131,8 @@ class Checkpointer:
     """Saves and restores everything an exact resume needs, for one rank of one run.
 
     Every rank writes its DeepSpeed shards and RNG state; rank 0 writes the trainer state, the EMA
-    weights and the export, then (after a barrier) marks the checkpoint complete and moves ``latest``.
+    weights (every rank holds the same average) and the export, then (after a barrier) marks the
+    checkpoint complete and moves ``latest``.
     """
 
     def __init__(
@@ -154,13 +155,12 @@ class Checkpointer:
         return None if resume == "never" else Path(resume)
 
     def restore(self, directory: Path) -> TrainerState:
-        """Engine, RNG and (on rank 0) EMA as they were when ``directory`` was saved."""
+        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved."""
         self.engine.load_checkpoint(str(directory.parent), tag=directory.name)
         state = load_trainer_state(directory)
         load_rng(directory, self.rank, self.loss_generator)
-        if self.is_main:
-            self.ema.shadow.load_state_dict(load_ema_state(directory))
-            self.ema.num_updates.fill_(state.ema_updates)
+        self.ema.shadow.load_state_dict(load_ema_state(directory))
+        self.ema.num_updates.fill_(state.ema_updates)
         return state
 
     def save(self, state: TrainerState) -> Path:

@@ -8,6 +8,7 @@ checkpoint as ``latest``.
 """
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -20,14 +21,16 @@ from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
 from fmboost.data import TrainStream, ValidationStream, make_loader
 from fmboost.data.dataset import SampleTransform, resolve_for_model
 from fmboost.data.streams import unwrap_worker_errors
-from fmboost.devices import resolve_precision
-from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed, mean_over_ranks
+from fmboost.devices import precision_dtype, resolve_precision
+from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed
 from fmboost.errors import FMBoostError
 from fmboost.first_stage import build_first_stage
 from fmboost.models import EMA, FMBoostModel
 from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
+from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
+from fmboost.training.hot_loop import LossWindow, apply_throughput_options, memory_format
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
@@ -109,6 +112,14 @@ def train_in_run_folder(
     # ------------------------------------------------------------------ setup: model, DeepSpeed, EMA
     torch.manual_seed(settings.seed)
     model = FMBoostModel.from_config(config, manifest.first_stage)
+    # Every rank keeps the EMA (ZeRO 0-2 leave each rank the whole fp32 weights), so none waits for it.
+    ema = EMA(model, settings.ema_beta, settings.ema_power, settings.ema_update_after_step)
+    ema.shadow.to(device)  # its update counter stays on the CPU: reading it is no device sync
+    precision = resolve_precision(settings.precision, device)
+    latent_size = config.data.crop_size or manifest.high_res_latent
+    batch_shape = (config.data.batch_size, config.model.out_channels, latent_size, latent_size)
+    autocast_dtype = None if precision == "fp32" else precision_dtype(precision, device)
+    apply_throughput_options(model, settings, device, autocast_dtype, batch_shape)
     optimizer = build_optimizer(model, config)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
@@ -116,13 +127,8 @@ def train_in_run_folder(
         lr_scheduler=warmup_schedule(optimizer, settings.warmup_steps),
         config=deepspeed_config(config, device),
     )
-    # The module stays fp32 under mixed precision, so the EMA (rank 0) averages the master weights.
-    ema = (
-        EMA(engine.module, settings.ema_beta, settings.ema_power, settings.ema_update_after_step)
-        if env.is_main
-        else None
-    )
-    loss_generator = torch.Generator().manual_seed(settings.seed * 1000 + env.rank)
+    # Noise for the objective comes from a per-rank generator on the training device (no copies).
+    loss_generator = torch.Generator(device).manual_seed(settings.seed * 1000 + env.rank)
     checkpointer = Checkpointer(run_dir, engine, ema, loss_generator, env.rank, settings.keep_checkpoints)
 
     # ------------------------------------------------------------------ resume
@@ -158,7 +164,15 @@ def train_in_run_folder(
         config.data.shuffle_buffer,
         start_batch=state.batches_served,
     )
-    batches = unwrap_worker_errors(make_loader(stream, config.data.num_workers))
+    loader = make_loader(
+        stream,
+        config.data.num_workers,
+        pin_memory=config.data.pin_memory and device.type == "cuda",
+        prefetch_factor=config.data.prefetch_factor,
+    )
+    batches = unwrap_worker_errors(loader)
+    flops_per_sample = training_flops_per_sample(config, latent_size)
+    peak = peak_flops(device, precision)
 
     def save_checkpoint() -> Path:
         directory = checkpointer.save(state)
@@ -166,7 +180,6 @@ def train_in_run_folder(
         return directory
 
     # ------------------------------------------------------------------ loop
-    precision = resolve_precision(settings.precision, device)
     logger.info(
         "training %s: %d → %d steps, %d ranks, %s on %s",
         run_dir,
@@ -178,20 +191,14 @@ def train_in_run_folder(
     )
     engine.train()
     global_batch = config.data.batch_size * env.world_size
-    window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()
+    layout = memory_format(settings)
+    window, window_start = LossWindow(device, state.step), time.perf_counter()
     last_saved_step = state.step if resume_from is not None else -1
     status = "finished"
     while state.step < settings.max_steps:
         batch = next(batches)
-        x1, z_up = batch["x1"].to(device, non_blocking=True), batch["z_up"].to(device, non_blocking=True)
+        x1, z_up = (batch[key].to(device, non_blocking=True, memory_format=layout) for key in ("x1", "z_up"))
         loss = engine(x1, z_up, loss_generator)
-        if all_ranks_agree(not torch.isfinite(loss).item(), device):
-            latest = latest_checkpoint(run_dir)
-            raise NonFiniteLossError(
-                f"the loss became {loss.item()} at step {state.step} (rank {env.rank}); stopping. "
-                f"The last good checkpoint is {latest or 'none (no checkpoint was written yet)'}; "
-                "lower train.lr or check the data, then resume"
-            )
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         logging_step = boundary and (state.step + 1) % settings.log_every == 0
@@ -199,26 +206,50 @@ def train_in_run_folder(
             gradient_norm(engine.module) if logging_step and not engine.zero_optimization() else None
         )
         engine.step()
+        window.add(loss)  # stays on the device: no host sync in the step
         state.batches_served += 1
         state.images_seen += global_batch
-        window_loss, window_micro = window_loss + loss.item(), window_micro + 1
         if not boundary:
             continue
         state.step += 1
-        if ema is not None:
-            ema.update(engine.module)  # after the optimizer step, so the average holds the new weights
+        ema.update(engine.module)  # after the optimizer step, so the average holds the new weights
 
-        if state.step % settings.log_every == 0:
-            metrics = {
-                "train/loss": mean_over_ranks(window_loss / window_micro, device),
-                "train/grad_norm": float(engine.get_global_grad_norm() or own_grad_norm or 0.0),
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/samples_per_s": window_micro * global_batch / (time.perf_counter() - window_start),
-                "train/images_seen": state.images_seen,
-            }
-            tracker.log_metrics(metrics, state.step)
-            logger.info("step %d: %s", state.step, {k: round(v, 5) for k, v in metrics.items()})
-            window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()
+        # Log, checkpoint and final steps are the loop's only host syncs: one all-reduce carries the
+        # loss (non-finite if any loss was) and the stop flag.
+        if logging_step or state.step % settings.checkpoint_every == 0 or state.step == settings.max_steps:
+            loss_sum, stop = window.reduce(stop_requested.is_set())
+            if not math.isfinite(loss_sum):
+                first, last = window.first_step, state.step - 1
+                when = f"at step {first}" if first == last else f"between steps {first} and {last}"
+                latest = latest_checkpoint(run_dir)
+                raise NonFiniteLossError(
+                    f"the loss became {loss_sum} {when}; stopping. The last good checkpoint is "
+                    f"{latest or 'none (no checkpoint was written yet)'}; lower train.lr or check the "
+                    "data, then resume"
+                )
+            if logging_step:
+                samples_per_s = window.micro_steps * global_batch / (time.perf_counter() - window_start)
+                metrics = {
+                    "train/loss": loss_sum / (window.micro_steps * env.world_size),
+                    "train/grad_norm": float(engine.get_global_grad_norm() or own_grad_norm or 0.0),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/samples_per_s": samples_per_s,
+                    "train/images_seen": state.images_seen,
+                    "train/model_tflops_per_sample": flops_per_sample / 1e12,
+                    "train/model_tflops_per_s": flops_per_sample * samples_per_s / 1e12,
+                }
+                if peak is not None:
+                    metrics["train/mfu"] = model_flops_utilisation(
+                        flops_per_sample, samples_per_s, peak, env.world_size
+                    )
+                tracker.log_metrics(metrics, state.step)
+                logger.info("step %d: %s", state.step, {k: round(v, 5) for k, v in metrics.items()})
+                window.reset(state.step)
+                window_start = time.perf_counter()
+            if stop:
+                save_checkpoint()
+                status = "preempted"
+                break
 
         if validator is not None and state.step % settings.validate_every == 0:
             metrics, grid = validator.run(ema.shadow, state.step, run_dir / "samples")
@@ -226,10 +257,6 @@ def train_in_run_folder(
             tracker.log_artifact(grid, "samples")
             logger.info("step %d validation: %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
 
-        if all_ranks_agree(stop_requested.is_set(), device):
-            save_checkpoint()
-            status = "preempted"
-            break
         if state.step % settings.checkpoint_every == 0:
             save_checkpoint()
             last_saved_step = state.step

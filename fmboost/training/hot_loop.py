@@ -1,0 +1,92 @@
+"""What keeps the training step free of host syncs, and the throughput options a GPU user expects.
+
+The loop never reads a device value per step (EDM's ``training_stats`` and DiT's logging do the same):
+:class:`LossWindow` sums the loss on the device and is read at log, checkpoint and final steps only, in
+one all-reduce that also carries the pre-emption flag. A non-finite loss makes that sum non-finite, so it
+is still caught before any checkpoint is written.
+
+``train.channels_last`` feeds the U-Net NHWC batches: cuDNN then runs its convolutions, and so the
+activations, in NHWC. The weights stay contiguous, because DeepSpeed flattens (and broadcasts them as
+bytes), which NHWC weights do not survive. ``train.compile`` compiles the U-Net (``nn.Module.compile``,
+so parameter names and exports stay the same); it is tried once on a batch of the training shape
+before DeepSpeed takes the model, and falls back with a warning.
+"""
+
+import logging
+
+import torch
+
+from fmboost.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class LossWindow:
+    """The training loss summed on the device since the last read; reading it is the only host sync."""
+
+    def __init__(self, device: torch.device, first_step: int) -> None:
+        self.device = device
+        self.reset(first_step)
+
+    def reset(self, first_step: int) -> None:
+        self.total = torch.zeros((), device=self.device)
+        self.micro_steps, self.first_step = 0, first_step
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().float()
+        self.micro_steps += 1
+
+    def reduce(self, stop_requested: bool) -> tuple[float, bool]:
+        """(loss summed over micro-steps and ranks, whether any rank was asked to stop): one all-reduce."""
+        packed = torch.stack([self.total, torch.tensor(float(stop_requested), device=self.device)])
+        torch.distributed.all_reduce(packed)
+        loss_sum, stops = packed.tolist()
+        return loss_sum, stops > 0
+
+
+def memory_format(settings: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if settings.channels_last else torch.contiguous_format
+
+
+def apply_throughput_options(
+    model: torch.nn.Module,
+    settings: TrainConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    example_shape: tuple[int, ...],
+) -> list[str]:
+    """Compile ``model.net`` if ``settings`` say so; returns what fell back, in words."""
+    notes = []
+    if settings.compile:
+        model.net.compile()
+        try:
+            try_one_step(model, device, autocast_dtype, example_shape, memory_format(settings))
+        except Exception as error:  # any backend failure: no compiler, unsupported op, Triton missing
+            model.net._compiled_call_impl = None  # what nn.Module.compile set: back to eager
+            note = (
+                f"torch.compile failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:160]}); "
+                "training the U-Net uncompiled"
+            )
+            logger.warning(note)
+            notes.append(note)
+    return notes
+
+
+def try_one_step(
+    model: torch.nn.Module,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    shape: tuple[int, ...],
+    layout: torch.memory_format,
+) -> None:
+    """One forward and backward on random data with its own generator; gradients are dropped after."""
+    generator = torch.Generator(device).manual_seed(0)
+    x1 = torch.randn(shape, generator=generator, device=device).contiguous(memory_format=layout)
+    z_up = torch.randn(shape, generator=generator, device=device).contiguous(memory_format=layout)
+    model.to(device)
+    with torch.autocast(
+        device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
+        loss = model(x1, z_up, generator)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
