@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format clean sample-data encode-shards demo
+.PHONY: install test lint format clean sample-data encode-shards demo gpu-check
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ encode-shards: install
 # evaluation. Reruns skip finished stages; FRESH=1 starts over; FIRST_STAGE=taesd WEIGHTS=DIR uses TAEF2.
 demo: install
 	FRESH=$(FRESH) FIRST_STAGE=$(FIRST_STAGE) WEIGHTS=$(WEIGHTS) bash scripts/demo.sh
+
+# On a CUDA machine: paper-size training (ZeRO-2, bf16, compile) and inference figures as JSON
+# (bench/gpu_check.py). ARGS='--small' checks the script itself on any machine.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

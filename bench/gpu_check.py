@@ -1,0 +1,220 @@
+"""A ready GPU check: paper-size training and inference figures in one JSON.
+
+    python bench/gpu_check.py                 # on a CUDA machine (make gpu-check)
+    python bench/gpu_check.py --small         # tiny sizes, any machine (CI runs this)
+
+(a) ``configs/cfm_1k.yaml``'s U-Net, 64² → 128² latents, batch 16, bf16, DeepSpeed ZeRO-2 on one
+device: samples/s, step time, peak memory, MFU; (b) the same with ``train.compile`` and
+``train.channels_last``; (c) ``configs/cascade_2k.yaml`` at its training crop; (d) inference: a batch
+of 4 from 64² latents through a 40-NFE Euler CFM stage and an SD-sized VAE (random weights built from
+the SD 1.x VAE config) decoding to 1024², seconds per stage (the paper's A100 figure: 1.388 s for the
+batch, SD included); (e) the 2048² cascade (both stages) for one image, with peak memory. Weights
+are random (nothing is downloaded): speed and memory do not depend on them. Training steps run on
+in-memory tensors through the same DeepSpeed engine setup the trainer uses.
+"""
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from bench_output import report
+
+from fmboost.config import FMBoostConfig, load_config
+from fmboost.devices import resolve_precision
+from fmboost.distributed import DistributedEnv, init_distributed
+from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
+
+SMALL_MODEL = [
+    "model.model_channels=32",
+    "model.channel_mult=[1,2]",
+    "model.num_res_blocks=1",
+    "model.attention_resolutions=[2]",
+    "model.num_heads=2",
+    "model.head_channels=16",
+    "model.norm_groups=8",
+]
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:
+    overrides = ["deepspeed.zero_optimization.stage=2", "train.warmup_steps=1", *extra]
+    if small:
+        overrides += [*SMALL_MODEL, "data.batch_size=2", "data.crop_size=null", "train.precision=fp32"]
+    return load_config(path, overrides)
+
+
+def training_figures(config: FMBoostConfig, latent: int, device: torch.device, steps: int) -> dict:
+    """Samples/s, step time, peak memory and MFU of ``steps`` timed DeepSpeed steps (after 3 untimed)."""
+    import deepspeed
+
+    from fmboost.devices import precision_dtype
+    from fmboost.models import FMBoostModel
+    from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
+    from fmboost.training.hot_loop import apply_throughput_options, memory_format
+
+    reset_peak(device)
+    torch.manual_seed(0)
+    model = FMBoostModel.from_config(config)
+    precision = resolve_precision(config.train.precision, device)
+    batch, channels = config.data.batch_size, config.model.out_channels
+    shape = (batch, channels, latent, latent)
+    autocast = None if precision == "fp32" else precision_dtype(precision, device)
+    started = time.perf_counter()
+    notes = apply_throughput_options(model, config.train, device, autocast, shape)
+    setup_s = time.perf_counter() - started
+    optimizer = build_optimizer(model, config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=warmup_schedule(optimizer, 1),
+        config=deepspeed_config(config, device),
+    )
+    layout = memory_format(config.train)
+    x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
+    z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
+    generator = torch.Generator(device).manual_seed(0)
+    for step in range(3 + steps):
+        if step == 3:
+            synchronize(device)
+            started = time.perf_counter()
+        loss = engine(x1, z_up, generator)
+        engine.backward(loss)
+        engine.step()
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / steps
+    samples_per_s = batch / seconds
+    flops = training_flops_per_sample(config, latent)
+    peak = peak_flops(device, precision)
+    figures = {
+        "latent": f"{latent}²",
+        "batch": batch,
+        "precision": precision,
+        "channels_last": config.train.channels_last,
+        "compile": config.train.compile,
+        "compile_or_layout_setup_s": round(setup_s, 1),
+        "zero_stage": config.deepspeed["zero_optimization"]["stage"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "samples_per_s": round(samples_per_s, 2),
+        "step_s": round(seconds, 4),
+        "peak_memory_gb": round(peak_memory_gb(device), 2),
+        "model_tflops_per_sample": round(flops / 1e12, 4),
+        "mfu": round(model_flops_utilisation(flops, samples_per_s, peak, 1), 4) if peak else None,
+        "loss_finite": bool(torch.isfinite(loss).item()),
+    }
+    if notes:
+        figures["notes"] = notes
+    engine.destroy()
+    return figures
+
+
+def random_stage(config: FMBoostConfig, first_stage_record) -> "torch.nn.Module":
+    from fmboost.models import FMBoostModel
+
+    torch.manual_seed(1)
+    model = FMBoostModel.from_config(config, first_stage_record)
+    for parameter in model.net.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    return model
+
+
+def sd_sized_vae(small: bool):
+    """The SD 1.x VAE architecture with random weights (tiny with ``--small``), tiled like SD's record."""
+    from diffusers import AutoencoderKL
+
+    from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
+
+    torch.manual_seed(0)
+    if small:
+        vae = AutoencoderKL(
+            block_out_channels=[16, 32],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+        )
+    else:
+        vae = AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG))
+    return DiffusersVAE(vae, None, tile_size=64, tile_overlap=16)
+
+
+def inference_figures(stages: list, vae, device: torch.device, batch: int, latent: int, nfe: int) -> dict:
+    from fmboost.pipeline import FMBoostPipeline
+
+    reset_peak(device)
+    pipeline = FMBoostPipeline(vae, stages, device=device, dtype="auto")
+    latents = torch.randn(batch, 4, latent, latent)
+    pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")  # warm-up (kernels, allocator)
+    reset_peak(device)
+    output = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")
+    return {
+        "batch": batch,
+        "from_latent": f"{latent}²",
+        "image": f"{output.images[0].size[0]}²",
+        "nfe_per_stage": output.nfe,
+        "seconds": {name: round(value, 3) for name, value in output.timings.items()},
+        "total_s": round(sum(output.timings.values()), 3),
+        "peak_memory_gb": round(peak_memory_gb(device), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--small", action="store_true", help="tiny sizes and fp32: proves the script on a CPU"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, small 2)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.small:
+        parser.error("no CUDA device: run with --small to check the script on a CPU")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    init_distributed(DistributedEnv.from_environ())
+    steps = args.steps or (2 if args.small else 20)
+    low, high, batch_inference, nfe = (8, 16, 2, 2) if args.small else (64, 128, 4, 40)
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "small": args.small,
+    }
+
+    cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
+    result["a_train_cfm_1k"] = training_figures(cfm_1k, high, device, steps)
+    fast = paper_config("configs/cfm_1k.yaml", args.small, ["train.compile=true", "train.channels_last=true"])
+    result["b_train_cfm_1k_compile_channels_last"] = training_figures(fast, high, device, steps)
+    cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
+    crop = cascade.data.crop_size or 2 * high
+    result["c_train_cascade_2k_crop"] = training_figures(cascade, crop, device, steps)
+
+    vae = sd_sized_vae(args.small)
+    record = vae.record()
+    stage_1 = random_stage(cfm_1k, record)
+    result["d_inference_1k"] = inference_figures([stage_1], vae, device, batch_inference, low, nfe)
+    stage_2 = random_stage(cascade, record)
+    result["e_inference_2k_cascade"] = inference_figures([stage_1, stage_2], vae, device, 1, low, nfe)
+    report(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
