@@ -87,7 +87,8 @@ def encode_shard(
         pin_memory=encoder.device.type == "cuda",
     )
     with atomic_path(final) as partial, open(partial, "wb") as handle:
-        writer = TarWriter(handle, encoder=False, mtime=0.0, user="fmboost", group="fmboost", mode=0o444)
+        # An integer mtime: a float one makes tarfile add a PAX header to every member (twice the parsing).
+        writer = TarWriter(handle, encoder=False, mtime=0, user="fmboost", group="fmboost", mode=0o444)
         for batch in loader:
             prepared = []
             for item in batch:

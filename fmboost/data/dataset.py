@@ -110,8 +110,9 @@ def resolve_for_model(config: "FMBoostConfig", key: str) -> LatentDataset:
     return dataset
 
 
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Raw tar members → arrays, strings and images; every other member is dropped undecoded."""
+def decode_sample(raw: dict[str, Any], images: bool = True) -> dict[str, Any]:
+    """Raw tar members → arrays, strings and (if ``images``) images; every other member is dropped
+    undecoded (training never looks at the stored image, so its stream does not decode it)."""
     sample: dict[str, Any] = {"key": raw["__key__"]}
     for name in (schema.LATENT, schema.LATENT_LOWRES, schema.LATENT_PSU):
         if name not in raw:
@@ -123,7 +124,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
             raise FMBoostError(f"{where}: {name} is not a plain .npy array ({error})") from None
     sample["caption"] = raw.get(schema.CAPTION, b"").decode("utf-8", errors="replace")
     sample["metadata"] = json.loads(raw[schema.METADATA]) if schema.METADATA in raw else {}
-    if schema.IMAGE in raw:
+    if images and schema.IMAGE in raw:
         try:
             image = decode_image(raw[schema.IMAGE])
         except ImageRejected as rejection:

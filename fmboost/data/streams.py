@@ -121,7 +121,7 @@ class TrainStream(IterableDataset):
             if index < skip:
                 continue
             crop_rng = random.Random(f"{self.seed}:crop:{self.rank}:{stream}:{segment}:{index}")
-            yield self.transform(decode_sample(raw), crop_rng)
+            yield self.transform(decode_sample(raw, images=False), crop_rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = worker_identity()
