@@ -128,7 +128,9 @@ class ResBlock(nn.Module):
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         self.out_norm = nn.GroupNorm(groups, out_channels)
         self.out_layers = nn.Sequential(
-            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            nn.SiLU(),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),  # p = 0 would still copy in training
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 

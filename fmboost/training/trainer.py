@@ -127,6 +127,8 @@ def train_in_run_folder(
         lr_scheduler=warmup_schedule(optimizer, settings.warmup_steps),
         config=deepspeed_config(config, device),
     )
+    if env.world_size == 1 and not engine.zero_optimization():
+        engine.enable_backward_allreduce = False  # averaging over one rank only copies the gradients
     # Noise for the objective comes from a per-rank generator on the training device (no copies).
     loss_generator = torch.Generator(device).manual_seed(settings.seed * 1000 + env.rank)
     checkpointer = Checkpointer(run_dir, engine, ema, loss_generator, env.rank, settings.keep_checkpoints)
