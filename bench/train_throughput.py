@@ -5,7 +5,9 @@
 1. *Full loop*: ``fmboost.training.trainer.train`` (DeepSpeed engine, data stream from latent shards,
    EMA, NaN checks, logging; validation and checkpoints pushed past the end) on the sample dataset.
    *Bare loop*: the same model, batch size and AdamW on tensors already in memory. Both skip a warm-up;
-   the trainer's rate is its own ``train/samples_per_s`` metric. Target: overhead <= 3 %.
+   the trainer's rate is its own ``train/samples_per_s`` metric; the bare loop runs before and after it
+   and their mean counts (both are reported: their difference is this machine's noise). Target: overhead
+   <= 3 % (at ZeRO stage 0; ``--zero-stage 1`` shows what DeepSpeed's partitioning adds on one process).
 2. *Model level*: a forward and backward of our U-Net against ``bench/unet_reference.py`` (the same
    network in plain ``torch.nn.functional`` calls, on the same weights, so outputs must match) at an
    attention-heavy size: 128 channels at 32×32 positions. Target: ours is not slower (ratio <= 1).
@@ -54,16 +56,17 @@ def bare_rate(config, steps: int, warmup: int) -> float:
     return steps * config.data.batch_size / (time.perf_counter() - started)
 
 
-def time_step(step, rounds: int) -> float:
-    """Median seconds of ``step()`` over ``rounds`` calls, after two untimed ones."""
+def time_alternating(first, second, rounds: int) -> tuple[float, float]:
+    """Median seconds of ``first()`` and ``second()``, called in turn (so drift hits both alike)."""
     for _ in range(2):
-        step()
-    times = []
+        first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for step, record in ((first, times[0]), (second, times[1])):
+            started = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def model_level(rounds: int) -> dict:
@@ -92,7 +95,7 @@ def model_level(rounds: int) -> dict:
     def reference() -> None:
         unet_forward(params, config, x, t).square().mean().backward()
 
-    ours_s, reference_s = time_step(ours, rounds), time_step(reference, rounds)
+    ours_s, reference_s = time_alternating(ours, reference, rounds)
     return {
         "size": "128 channels at 32x32 positions, 4 heads x 32, batch 2, forward + backward",
         "ours_ms": round(ours_s * 1000, 2),
@@ -109,9 +112,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per loop")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of both loops")
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        default=0,
+        help="ZeRO stage of the full loop; stage 0 on one process measures the loop itself, stages 1-2 add "
+        "DeepSpeed's gradient partitioning, which only pays off across devices (default: 0)",
+    )
     parser.add_argument("--rounds", type=int, default=20, help="timed steps of each network (model level)")
     parser.add_argument(
-        "--num-workers", type=int, default=0, help="DataLoader workers of the full loop (0: in-process)"
+        "--num-workers",
+        type=int,
+        default=1,
+        help="DataLoader workers of the full loop (0: read shards in the training process; default: 1)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results/train_throughput.json"), help="JSON output"
@@ -142,8 +155,10 @@ def main() -> None:
                 f"train.validate_every={total * 10}",
                 "train.grad_clip=1.0",
                 f"data.num_workers={args.num_workers}",
+                f"deepspeed.zero_optimization.stage={args.zero_stage}",
             ],
         )
+        bare_before = bare_rate(config, args.steps, args.warmup)
         train(config, DistributedEnv())
         rates = [
             json.loads(line)["train/samples_per_s"]
@@ -151,13 +166,16 @@ def main() -> None:
             if "train/samples_per_s" in line
         ]
         full_rate = sum(rates[1:]) / len(rates[1:])
-    bare = bare_rate(config, args.steps, args.warmup)
+    bare_after = bare_rate(config, args.steps, args.warmup)
+    bare = (bare_before + bare_after) / 2
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "batch_size": args.batch_size,
+        "zero_stage": args.zero_stage,
         "steps": args.steps,
         "full_loop_samples_per_s": round(full_rate, 2),
         "bare_loop_samples_per_s": round(bare, 2),
+        "bare_loop_before_and_after": [round(bare_before, 2), round(bare_after, 2)],
         "overhead": round(1 - full_rate / bare, 4),
         "target_overhead": 0.03,
         "model_level": model_level(args.rounds),
