@@ -9,7 +9,9 @@ LCM/LCM-LoRA schedulers, ...). Each stage is an ``FMBoostModel`` with its own so
 stages the latent goes through the stage's context upsampling (PSU: decode, upsample in pixels,
 encode), tiled exactly as that stage's training contexts were (its recorded first stage), so inference
 sees the context training saw. The first stage (VAE) is the base's, or the one the stages were trained
-with, or one given explicitly.
+with, or one given explicitly. Memory is bounded by :class:`~fmboost.config.MemoryBound`: the flow
+network runs in blended tiles above ``flow_tile_size`` and results above ``max_output_pixels`` are
+refused before any work.
 """
 
 import math
