@@ -8,6 +8,9 @@
    the trainer's rate is its own ``train/samples_per_s`` metric; the bare loop runs before and after it
    and their mean counts (both are reported: their difference is this machine's noise). Target: overhead
    <= 3 % (at ZeRO stage 0; ``--zero-stage 1`` shows what DeepSpeed's partitioning adds on one process).
+   Inside the trainer, its engine calls are timed too: ``loop_share_of_step`` is the part of a step
+   spent outside forward, backward and optimizer step (data, EMA, bookkeeping), free of the noise
+   between separate runs.
 2. *Model level*: a forward and backward of our U-Net against ``bench/unet_reference.py`` (the same
    network in plain ``torch.nn.functional`` calls, on the same weights, so outputs must match) at an
    attention-heavy size: 128 channels at 32×32 positions. Target: ours is not slower (ratio <= 1).
@@ -19,6 +22,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +37,7 @@ from fmboost.config import UNetConfig, load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.models import FMBoostModel
 from fmboost.models.unet import UNet
+from fmboost.training import trainer as trainer_module
 from fmboost.training.trainer import train
 
 
@@ -54,6 +60,46 @@ def bare_rate(config, steps: int, warmup: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
     return steps * config.data.batch_size / (time.perf_counter() - started)
+
+
+@contextmanager
+def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
+    """Seconds of every DeepSpeed forward/backward/step the trainer makes, and of its whole steps.
+
+    What a whole step costs beyond its engine calls is the loop's own work (data, EMA, bookkeeping),
+    measured inside the trainer itself, free of the run-to-run noise between processes.
+    """
+    times: dict[str, list[float]] = {"forward": [], "backward": [], "step": [], "whole_step": []}
+    original = trainer_module.deepspeed.initialize
+    last_step_end = [None]
+
+    def timed(call, name):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            result = call(*args, **kwargs)
+            ended = time.perf_counter()
+            times[name].append(ended - started)
+            if name == "step":
+                if last_step_end[0] is not None:
+                    times["whole_step"].append(ended - last_step_end[0])
+                last_step_end[0] = ended
+            return result
+
+        return wrapper
+
+    def initialize(*args, **kwargs):
+        engine, *rest = original(*args, **kwargs)
+        for name in ("forward", "backward", "step"):
+            setattr(engine, name, timed(getattr(engine, name), name))
+        return (engine, *rest)
+
+    trainer_module.deepspeed.initialize = initialize
+    try:
+        yield times
+    finally:
+        trainer_module.deepspeed.initialize = original
+        for name in times:
+            del times[name][:warmup]
 
 
 def time_alternating(first, second, rounds: int) -> tuple[float, float]:
@@ -159,7 +205,8 @@ def main() -> None:
             ],
         )
         bare_before = bare_rate(config, args.steps, args.warmup)
-        train(config, DistributedEnv())
+        with engine_call_timer(args.warmup) as calls:
+            train(config, DistributedEnv())
         rates = [
             json.loads(line)["train/samples_per_s"]
             for line in (scratch / "run" / "metrics.jsonl").read_text().splitlines()
@@ -167,6 +214,7 @@ def main() -> None:
         ]
         full_rate = sum(rates[1:]) / len(rates[1:])
     bare_after = bare_rate(config, args.steps, args.warmup)
+    engine_s = sum(statistics.median(calls[name]) for name in ("forward", "backward", "step"))
     bare = (bare_before + bare_after) / 2
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -178,6 +226,8 @@ def main() -> None:
         "bare_loop_before_and_after": [round(bare_before, 2), round(bare_after, 2)],
         "overhead": round(1 - full_rate / bare, 4),
         "target_overhead": 0.03,
+        "in_trainer_ms": {name: round(statistics.median(values) * 1000, 2) for name, values in calls.items()},
+        "loop_share_of_step": round(1 - engine_s / statistics.median(calls["whole_step"]), 4),
         "model_level": model_level(args.rounds),
     }
     report(result, args.out)
