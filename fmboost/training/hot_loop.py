@@ -6,8 +6,8 @@ one all-reduce that also carries the pre-emption flag. A non-finite loss makes t
 is still caught before any checkpoint is written.
 
 ``train.channels_last`` feeds the U-Net NHWC batches: cuDNN then runs its convolutions, and so the
-activations, in NHWC. The weights stay contiguous, because DeepSpeed flattens (and broadcasts them as
-bytes), which NHWC weights do not survive. ``train.compile`` compiles the U-Net (``nn.Module.compile``,
+activations, in NHWC. The weights stay contiguous: DeepSpeed broadcasts and flattens them as plain
+contiguous memory, which NHWC weights break. ``train.compile`` compiles the U-Net (``nn.Module.compile``,
 so parameter names and exports stay the same); it is tried once on a batch of the training shape
 before DeepSpeed takes the model, and falls back with a warning.
 """
