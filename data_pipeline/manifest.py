@@ -1,13 +1,12 @@
 """Writing the dataset manifest from the per-shard stats, safely when several tasks share an output."""
 
-import fcntl
 import json
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from data_pipeline.config import EncodeConfig
 from data_pipeline.sources import InputShard
+from fmboost.atomic_files import exclusive_lock
 from fmboost.data.shards import MANIFEST_NAME, Manifest, ShardStats, stats_path
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
@@ -22,17 +21,6 @@ IDENTITY_FIELDS = (
     "preprocessing",
     "source_shards",
 )
-
-
-@contextmanager
-def manifest_lock(root: Path):
-    """An exclusive lock so concurrent tasks never interleave a manifest update."""
-    with open(root / ".manifest.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_stats(root: Path, index: int) -> ShardStats | None:
@@ -96,7 +84,7 @@ def refuse_mixed_settings(root: Path, wanted: Manifest) -> None:
 
 def update_manifest(root: Path, base: Manifest) -> Manifest:
     """Recompute completed shards and totals from the stats files on disk and rewrite the manifest."""
-    with manifest_lock(root):
+    with exclusive_lock(root / ".manifest.lock"):  # concurrent tasks never interleave an update
         completed, all_stats = [], []
         for index in range(len(base.source_shards)):
             stats = read_stats(root, index)

@@ -6,14 +6,29 @@
 
 A rename within one directory is atomic on POSIX file systems, so a reader (or a resumed job) sees
 either the old file or the complete new one. A block that raises leaves no partial file behind.
+Writers that must take turns (several tasks updating one manifest or creating one SQLite store) hold
+:func:`exclusive_lock` around the update.
 """
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Block until this process holds an exclusive ``flock`` on ``lock_path`` (created if missing)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -7,7 +7,6 @@ run logs one warning, keeps training and keeps that local copy, and tries MLflow
 MLflow run id is stored in the run folder, so a resumed or requeued job continues the same run.
 """
 
-import fcntl
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fmboost.atomic_files import exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +40,8 @@ def sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith(prefix):
         yield
         return
-    lock_path = Path("/" + tracking_uri[len(prefix) :].lstrip("/") + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(Path("/" + tracking_uri[len(prefix) :].lstrip("/") + ".lock")):
+        yield
 
 
 class Tracker:
