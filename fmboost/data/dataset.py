@@ -114,13 +114,13 @@ def decode_sample(raw: dict[str, Any], images: bool = True) -> dict[str, Any]:
     """Raw tar members → arrays, strings and (if ``images``) images; every other member is dropped
     undecoded (training never looks at the stored image, so its stream does not decode it)."""
     sample: dict[str, Any] = {"key": raw["__key__"]}
+    where = f"{raw.get('__url__', '?')}: sample {raw['__key__']}"
     for name in (schema.LATENT, schema.LATENT_LOWRES, schema.LATENT_PSU):
         if name not in raw:
-            raise FMBoostError(f"{raw.get('__url__', '?')}: sample {raw['__key__']} has no {name}")
+            raise FMBoostError(f"{where} has no {name}")
         try:
             sample[name] = schema.decode_array(raw[name])
         except (ValueError, OSError, EOFError) as error:
-            where = f"{raw.get('__url__', '?')}: sample {raw['__key__']}"
             raise FMBoostError(f"{where}: {name} is not a plain .npy array ({error})") from None
     sample["caption"] = raw.get(schema.CAPTION, b"").decode("utf-8", errors="replace")
     sample["metadata"] = json.loads(raw[schema.METADATA]) if schema.METADATA in raw else {}
@@ -128,9 +128,7 @@ def decode_sample(raw: dict[str, Any], images: bool = True) -> dict[str, Any]:
         try:
             image = decode_image(raw[schema.IMAGE])
         except ImageRejected as rejection:
-            raise FMBoostError(
-                f"{raw.get('__url__', '?')}: sample {raw['__key__']}: stored image is unusable ({rejection})"
-            ) from None
+            raise FMBoostError(f"{where}: stored image is unusable ({rejection})") from None
         sample["image"] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
     return sample
 
