@@ -64,30 +64,19 @@ def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:
 
 def training_figures(config: FMBoostConfig, latent: int, device: torch.device, steps: int) -> dict:
     """Samples/s, step time, peak memory and MFU of ``steps`` timed DeepSpeed steps (after 3 untimed)."""
-    import deepspeed
-
-    from fmboost.devices import precision_dtype
     from fmboost.models import FMBoostModel
-    from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
-    from fmboost.training.hot_loop import apply_throughput_options, memory_format
+    from fmboost.training.engine_setup import build_engine
+    from fmboost.training.hot_loop import memory_format
 
     reset_peak(device)
     torch.manual_seed(0)
     model = FMBoostModel.from_config(config)
     precision = resolve_precision(config.train.precision, device)
-    batch, channels = config.data.batch_size, config.model.out_channels
-    shape = (batch, channels, latent, latent)
-    autocast = None if precision == "fp32" else precision_dtype(precision, device)
+    batch = config.data.batch_size
+    shape = (batch, config.model.out_channels, latent, latent)
     started = time.perf_counter()
-    notes = apply_throughput_options(model, config.train, device, autocast, shape)
+    engine, _, notes = build_engine(model, config, device, shape)  # the trainer's engine, compiled if asked
     setup_s = time.perf_counter() - started
-    optimizer = build_optimizer(model, config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=warmup_schedule(optimizer, 1),
-        config=deepspeed_config(config, device),
-    )
     layout = memory_format(config.train)
     x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
     z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
@@ -110,7 +99,7 @@ def training_figures(config: FMBoostConfig, latent: int, device: torch.device, s
         "precision": precision,
         "channels_last": config.train.channels_last,
         "compile": config.train.compile,
-        "compile_or_layout_setup_s": round(setup_s, 1),
+        "engine_setup_s": round(setup_s, 1),
         "zero_stage": config.deepspeed["zero_optimization"]["stage"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "samples_per_s": round(samples_per_s, 2),

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import deepspeed
 import torch
 from bench_output import report
 from unet_reference import unet_forward
@@ -37,7 +38,6 @@ from fmboost.config import UNetConfig, load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.models import FMBoostModel
 from fmboost.models.unet import UNet
-from fmboost.training import trainer as trainer_module
 from fmboost.training.trainer import train
 
 
@@ -70,7 +70,7 @@ def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
     measured inside the trainer itself, free of the run-to-run noise between processes.
     """
     times: dict[str, list[float]] = {"forward": [], "backward": [], "step": [], "whole_step": []}
-    original = trainer_module.deepspeed.initialize
+    original = deepspeed.initialize
     last_step_end = [None]
 
     def timed(call, name):
@@ -93,11 +93,11 @@ def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
             setattr(engine, name, timed(getattr(engine, name), name))
         return (engine, *rest)
 
-    trainer_module.deepspeed.initialize = initialize
+    deepspeed.initialize = initialize
     try:
         yield times
     finally:
-        trainer_module.deepspeed.initialize = original
+        deepspeed.initialize = original
         for name in times:
             del times[name][:warmup]
 

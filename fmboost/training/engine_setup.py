@@ -1,13 +1,16 @@
-"""Everything DeepSpeed needs: its config (derived from ours), the optimizer and the LR warm-up."""
+"""Everything DeepSpeed needs: its config (derived from ours), the optimizer, the LR warm-up, and the
+engine built from them as the trainer steps it (the GPU check measures the same engine)."""
 
 import copy
 from typing import Any
 
+import deepspeed
 import torch
 
 from fmboost.config import FMBoostConfig
-from fmboost.devices import resolve_precision
+from fmboost.devices import precision_dtype, resolve_precision
 from fmboost.errors import ConfigError
+from fmboost.training.hot_loop import apply_throughput_options
 
 OWNED_KEYS = {
     "train_micro_batch_size_per_gpu": "data.batch_size",
@@ -72,3 +75,27 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
     )
+
+
+def build_engine(
+    model: torch.nn.Module, config: FMBoostConfig, device: torch.device, batch_shape: tuple[int, ...]
+) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR, list[str]]:
+    """The DeepSpeed engine, its LR schedule, and what the throughput options fell back on.
+
+    The throughput options (``train.compile``) are applied first, on a batch of ``batch_shape``, because
+    DeepSpeed takes the model over. On a single rank without ZeRO the gradient all-reduce is switched
+    off: averaging over one rank only copies the gradients.
+    """
+    precision = resolve_precision(config.train.precision, device)
+    autocast_dtype = None if precision == "fp32" else precision_dtype(precision, device)
+    notes = apply_throughput_options(model, config.train, device, autocast_dtype, batch_shape)
+    optimizer = build_optimizer(model, config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=warmup_schedule(optimizer, config.train.warmup_steps),
+        config=deepspeed_config(config, device),
+    )
+    if torch.distributed.get_world_size() == 1 and not engine.zero_optimization():
+        engine.enable_backward_allreduce = False
+    return engine, scheduler, notes

@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 
 from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
 from fmboost.data import TrainStream, ValidationStream, make_loader
 from fmboost.data.dataset import SampleTransform, resolve_for_model
 from fmboost.data.streams import unwrap_worker_errors
-from fmboost.devices import precision_dtype, resolve_precision
+from fmboost.devices import resolve_precision
 from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed
 from fmboost.errors import FMBoostError
 from fmboost.first_stage import build_first_stage
@@ -29,8 +28,8 @@ from fmboost.models import EMA, FMBoostModel
 from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
-from fmboost.training.engine_setup import build_optimizer, deepspeed_config, warmup_schedule
-from fmboost.training.hot_loop import LossWindow, apply_throughput_options, memory_format
+from fmboost.training.engine_setup import build_engine
+from fmboost.training.hot_loop import LossWindow, memory_format
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
@@ -118,17 +117,7 @@ def train_in_run_folder(
     precision = resolve_precision(settings.precision, device)
     latent_size = config.data.crop_size or manifest.high_res_latent
     batch_shape = (config.data.batch_size, config.model.out_channels, latent_size, latent_size)
-    autocast_dtype = None if precision == "fp32" else precision_dtype(precision, device)
-    apply_throughput_options(model, settings, device, autocast_dtype, batch_shape)
-    optimizer = build_optimizer(model, config)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=warmup_schedule(optimizer, settings.warmup_steps),
-        config=deepspeed_config(config, device),
-    )
-    if env.world_size == 1 and not engine.zero_optimization():
-        engine.enable_backward_allreduce = False  # averaging over one rank only copies the gradients
+    engine, scheduler, _ = build_engine(model, config, device, batch_shape)
     # Noise for the objective comes from a per-rank generator on the training device (no copies).
     loss_generator = torch.Generator(device).manual_seed(settings.seed * 1000 + env.rank)
     checkpointer = Checkpointer(run_dir, engine, ema, loss_generator, env.rank, settings.keep_checkpoints)
