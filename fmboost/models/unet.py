@@ -125,7 +125,9 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        # The released layout's SiLU at index 0 runs once per forward, in UNet.forward (every block
+        # gets the same embedding); the Identity keeps the projection's weight names (emb_layers.1.*).
+        self.emb_layers = nn.Sequential(nn.Identity(), nn.Linear(emb_channels, 2 * out_channels))
         self.out_norm = nn.GroupNorm(groups, out_channels)
         self.out_layers = nn.Sequential(
             nn.SiLU(),
@@ -135,10 +137,15 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.out_norm(h) * (1 + scale) + shift
-        return self.skip(x) + self.out_layers(h)
+        """``emb``: the time embedding after its SiLU. The layers are called one by one, with fused
+        scale-shift, because at small batches a step is bound by how many operations are launched."""
+        norm_in, _, conv_in = self.in_layers
+        h = conv_in(F.silu(norm_in(x)))
+        scale, shift = self.emb_layers[1](emb).unflatten(1, (2, -1, 1, 1)).unbind(1)
+        h = torch.addcmul(shift, self.out_norm(h), 1 + scale)
+        _, dropout, conv_out = self.out_layers
+        h = conv_out(dropout(F.silu(h)))
+        return (x if isinstance(self.skip, nn.Identity) else self.skip(x)) + h
 
 
 class AttentionBlock(nn.Module):
@@ -270,7 +277,7 @@ class UNet(nn.Module):
                 f"({len(self.config.channel_mult)} levels)"
             )
         sinusoid = timestep_embedding(t * self.config.time_scale, self.config.model_channels)
-        emb = self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype))
+        emb = F.silu(self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype)))
         h = self.input_conv(x)
         skips = [h]
         for block in self.down:

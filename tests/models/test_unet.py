@@ -3,10 +3,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fmboost.config import UNetConfig, load_config
 from fmboost.models import FMBoostModel
-from fmboost.models.unet import AttentionBlock, UNet, timestep_embedding
+from fmboost.models.unet import AttentionBlock, ResBlock, UNet, timestep_embedding
 from tests.conftest import REPO_ROOT, tiny_unet_config
 
 
@@ -57,6 +58,28 @@ def test_attention_is_equivariant_to_permuting_positions():
     permuted_input = x.flatten(2)[:, :, permutation].reshape_as(x)
     expected = block(x).flatten(2)[:, :, permutation].reshape_as(x)
     torch.testing.assert_close(block(permuted_input), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_out", [16, 32], ids=["identity skip", "1x1 conv skip"])
+def test_res_block_is_scale_shift_norm_written_out_by_hand(channels_out):
+    torch.manual_seed(0)
+    block = ResBlock(16, emb_channels=12, out_channels=channels_out, dropout=0.0, groups=4)
+    for parameter in block.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 12)
+    h = block.in_layers[2](F.silu(block.in_layers[0](x)))
+    scale, shift = block.emb_layers[1](F.silu(emb)).chunk(2, dim=1)  # the SiLU of the released layout
+    h = block.out_norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    expected = block.skip(x) + block.out_layers[2](F.silu(h))
+    # UNet.forward applies the embedding's SiLU once for all blocks.
+    torch.testing.assert_close(block(x, F.silu(emb)), expected)
+    assert {name for name, _ in block.named_parameters()} >= {
+        "in_layers.0.weight",
+        "in_layers.2.weight",
+        "emb_layers.1.weight",
+        "out_norm.weight",
+        "out_layers.2.weight",
+    }  # the released layout's names: checkpoints load unchanged
 
 
 def test_untrained_unet_predicts_zero_because_its_output_conv_starts_at_zero():
