@@ -7,6 +7,7 @@ A stop request (the pre-emption signal of a cluster job) makes every rank save a
 checkpoint as ``latest``.
 """
 
+import gc
 import logging
 import math
 import threading
@@ -29,7 +30,7 @@ from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_engine
-from fmboost.training.hot_loop import LossWindow, memory_format
+from fmboost.training.hot_loop import LossWindow, freeze_setup_objects, memory_format
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
@@ -91,6 +92,7 @@ def train(
     try:
         return train_in_run_folder(config, env, run_dir, device, stop_requested or threading.Event())
     finally:
+        gc.unfreeze()
         lock.release()
 
 
@@ -181,6 +183,7 @@ def train_in_run_folder(
         device,
     )
     engine.train()
+    freeze_setup_objects()  # undone in train() when the job ends
     global_batch = config.data.batch_size * env.world_size
     layout = memory_format(settings)
     window, window_start = LossWindow(device, state.step), time.perf_counter()

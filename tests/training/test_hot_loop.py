@@ -1,5 +1,6 @@
 """The training step makes no host sync: device values are read at log, checkpoint and final steps only."""
 
+import gc
 import sys
 from collections import Counter
 
@@ -8,6 +9,7 @@ import torch
 
 from fmboost.config import load_config
 from fmboost.distributed import DistributedEnv
+from fmboost.models import EMA
 from fmboost.training.trainer import train
 from tests.conftest import REPO_ROOT
 from tests.training.helpers import build_latents, training_overrides
@@ -53,3 +55,21 @@ def test_eight_more_steps_add_only_the_two_log_points_syncs(tmp_path, latents, m
     assert extra["all_reduce"] == 2, extra
     # per log point: the window's read, and the grad norm DeepSpeed returns as a tensor (bool, float)
     assert sum(extra[name] for name in HOST_READS) <= 2 * 3, extra
+
+
+def test_the_heap_built_during_setup_is_frozen_out_of_garbage_collection_only_while_training(
+    tmp_path, latents, monkeypatch
+):
+    frozen_during_steps = []
+    original_update = EMA.update
+
+    def update(self, model):
+        frozen_during_steps.append(gc.get_freeze_count())
+        original_update(self, model)
+
+    monkeypatch.setattr(EMA, "update", update)
+    overrides = training_overrides(latents, tmp_path / "run", max_steps=2, validate_every=100)
+    train(load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", overrides), DistributedEnv())
+    # DeepSpeed, MLflow and the model's modules: far more objects than the loop itself creates
+    assert len(frozen_during_steps) == 2 and min(frozen_during_steps) > 100_000
+    assert gc.get_freeze_count() == 0  # the process gets its collector back
