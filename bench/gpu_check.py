@@ -7,13 +7,16 @@
 device: samples/s, step time, peak memory, MFU; (b) the same with ``train.compile`` and
 ``train.channels_last``; (c) ``configs/cascade_2k.yaml`` at its training crop; (d) inference: a batch
 of 4 from 64² latents through a 40-NFE Euler CFM stage and an SD-sized VAE (random weights built from
-the SD 1.x VAE config) decoding to 1024², seconds per stage (the paper's A100 figure: 1.388 s for the
-batch, SD included); (e) the 2048² cascade (both stages) for one image, with peak memory. Weights
-are random (nothing is downloaded): speed and memory do not depend on them. Training steps run on
-in-memory tensors through the same DeepSpeed engine setup the trainer uses.
+the SD 1.x VAE config, tiled as each stage's config says) decoding to 1024², seconds per stage (the
+paper's A100 figure: 1.388 s for the batch, SD included); (e) the 2048² cascade (both stages) for one
+image, with peak memory; (f) our U-Net against the plain functional reference
+(``bench/model_level.py``), bf16, at batch 16 (bound by operator launches on a GPU) and 128 (bound by
+the kernels). Weights are random (nothing is downloaded): speed and memory do not depend on them.
+Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
 
 import argparse
+import json
 import os
 import resource
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 from bench_output import report
+from model_level import model_level
 
 from fmboost.config import FMBoostConfig, load_config
 from fmboost.devices import resolve_precision
@@ -125,24 +129,30 @@ def random_stage(config: FMBoostConfig, first_stage_record) -> "torch.nn.Module"
     return model
 
 
-def sd_sized_vae(small: bool):
-    """The SD 1.x VAE architecture with random weights (tiny with ``--small``), tiled like SD's record."""
+def sd_sized_autoencoder(small: bool):
+    """The SD 1.x VAE architecture with random weights (tiny with ``--small``)."""
     from diffusers import AutoencoderKL
 
-    from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
+    from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, read_architecture
 
     torch.manual_seed(0)
     if small:
-        vae = AutoencoderKL(
+        return AutoencoderKL(
             block_out_channels=[16, 32],
             down_block_types=["DownEncoderBlock2D"] * 2,
             up_block_types=["UpDecoderBlock2D"] * 2,
             latent_channels=4,
             norm_num_groups=8,
         )
-    else:
-        vae = AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG))
-    return DiffusersVAE(vae, None, tile_size=64, tile_overlap=16)
+    return AutoencoderKL.from_config(read_architecture(SD_VAE_CONFIG))
+
+
+def first_stage(autoencoder, config: FMBoostConfig):
+    """``autoencoder`` tiled as ``config`` says: 1024² decodes whole for cfm_1k, 2048² in 512-px tiles."""
+    from fmboost.first_stage.diffusers_vae import DiffusersVAE
+
+    tiling = config.first_stage
+    return DiffusersVAE(autoencoder, None, tile_size=tiling.tile_size, tile_overlap=tiling.tile_overlap)
 
 
 def inference_figures(stages: list, vae, device: torch.device, batch: int, latent: int, nfe: int) -> dict:
@@ -173,9 +183,17 @@ def main() -> None:
         "--small", action="store_true", help="tiny sizes and fp32: proves the script on a CPU"
     )
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, small 2)")
+    parser.add_argument(
+        "--parts",
+        default="abcdef",
+        help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
+        "reference, bf16, batch 16 and 128",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.parts or set(args.parts) - set("abcdef"):
+        parser.error(f"--parts takes letters a-f, not {args.parts!r}")
     if device.type == "cpu" and not args.small:
         parser.error("no CUDA device: run with --small to check the script on a CPU")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -188,20 +206,40 @@ def main() -> None:
         "small": args.small,
     }
 
-    cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
-    result["a_train_cfm_1k"] = training_figures(cfm_1k, high, device, steps)
-    fast = paper_config("configs/cfm_1k.yaml", args.small, ["train.compile=true", "train.channels_last=true"])
-    result["b_train_cfm_1k_compile_channels_last"] = training_figures(fast, high, device, steps)
-    cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
-    crop = cascade.data.crop_size or 2 * high
-    result["c_train_cascade_2k_crop"] = training_figures(cascade, crop, device, steps)
+    def record(key: str, figures: dict) -> None:
+        """Each part's figures are written as soon as they exist, so a run cut short keeps them."""
+        result[key] = figures
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"{key}: {json.dumps(figures)}", flush=True)
 
-    vae = sd_sized_vae(args.small)
-    record = vae.record()
-    stage_1 = random_stage(cfm_1k, record)
-    result["d_inference_1k"] = inference_figures([stage_1], vae, device, batch_inference, low, nfe)
-    stage_2 = random_stage(cascade, record)
-    result["e_inference_2k_cascade"] = inference_figures([stage_1, stage_2], vae, device, 1, low, nfe)
+    cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
+    cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
+    if "a" in args.parts:
+        record("a_train_cfm_1k", training_figures(cfm_1k, high, device, steps))
+    if "b" in args.parts:
+        fast = paper_config(
+            "configs/cfm_1k.yaml", args.small, ["train.compile=true", "train.channels_last=true"]
+        )
+        record("b_train_cfm_1k_compile_channels_last", training_figures(fast, high, device, steps))
+    if "c" in args.parts:
+        crop = cascade.data.crop_size or 2 * high
+        record("c_train_cascade_2k_crop", training_figures(cascade, crop, device, steps))
+    if "d" in args.parts or "e" in args.parts:
+        autoencoder = sd_sized_autoencoder(args.small)
+        vae_1k, vae_2k = first_stage(autoencoder, cfm_1k), first_stage(autoencoder, cascade)
+        stage_1 = random_stage(cfm_1k, vae_1k.record())
+    if "d" in args.parts:
+        record("d_inference_1k", inference_figures([stage_1], vae_1k, device, batch_inference, low, nfe))
+    if "e" in args.parts:
+        stages = [stage_1, random_stage(cascade, vae_2k.record())]
+        record("e_inference_2k_cascade", inference_figures(stages, vae_2k, device, 1, low, nfe))
+    if "f" in args.parts:
+        batches = [2] if args.small else [16, 128]  # launch-bound, then compute-bound on a GPU
+        record(
+            "f_model_level",
+            {f"batch_{batch}": model_level(steps, device, batch, bf16=not args.small) for batch in batches},
+        )
     report(result, args.out)
 
 

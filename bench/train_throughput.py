@@ -1,77 +1,80 @@
 """Training speed against plain baselines, in one run: the loop's overhead and the network's own speed.
 
-    python bench/train_throughput.py [--steps 60] [--batch-size 8] [--out bench/results/train_throughput.json]
+    python bench/train_throughput.py [--steps 100] [--batch-size 8] [--out DIR/train_throughput.json]
 
-1. *Full loop*: ``fmboost.training.trainer.train`` (DeepSpeed engine, data stream from latent shards,
-   EMA, NaN checks, logging; validation and checkpoints pushed past the end) on the sample dataset.
-   *Bare loop*: the same model, batch size and AdamW on tensors already in memory. Both skip a warm-up;
-   the trainer's rate is its own ``train/samples_per_s`` metric; the bare loop runs before and after it
-   and their mean counts (both are reported: their difference is this machine's noise). Target: overhead
-   <= 3 % (at ZeRO stage 0; ``--zero-stage 1`` shows what DeepSpeed's partitioning adds on one process).
-   Inside the trainer, its engine calls are timed too: ``loop_share_of_step`` is the part of a step
-   spent outside forward, backward and optimizer step (data, EMA, bookkeeping), free of the noise
-   between separate runs.
-2. *Model level*: a forward and backward of our U-Net against ``bench/unet_reference.py`` (the same
-   network in plain ``torch.nn.functional`` calls, on the same weights, so outputs must match) at an
-   attention-heavy size: 128 channels at 32×32 positions. Target: ours is not slower (ratio <= 1).
+1. *Full loop against a bare loop, interleaved*: ``fmboost.training.trainer.train`` (DeepSpeed engine,
+   data stream from latent shards, EMA, NaN checks, logging every ``train.log_every`` steps;
+   validation and checkpoints pushed past the end) runs on the sample dataset, and after each of its
+   optimizer steps one step of a *bare loop* runs in the same process: the same network, batch size,
+   AdamW and gradient clipping on tensors already in memory, no DeepSpeed. Both see the same machine
+   at the same moments, so the comparison is free of the drift between separate runs (on this 2-core
+   machine identical runs minutes apart differ by up to 5 %). ``overhead`` compares their mean step
+   times after a warm-up. Target: <= 3 % (at ZeRO stage 0; ``--zero-stage 1`` shows what DeepSpeed's
+   partitioning adds on one process). ``--num-workers`` defaults to 0 so that all data work is counted
+   in the full loop's steps (a worker process would also prefetch while the bare step runs).
+   ``in_trainer_ms`` splits the full loop's step into its engine calls; ``loop_share_of_step`` is the
+   part spent outside forward, backward and optimizer step (data, EMA, bookkeeping).
+2. *Model level* (``bench/model_level.py``): a forward and backward of our U-Net against
+   ``bench/unet_reference.py`` (the same network in plain ``torch.nn.functional`` calls, on the same
+   weights, so outputs must match) at an attention-heavy size: 128 channels at 32×32 positions.
+   Target: ours is not slower (ratio <= 1).
 """
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import deepspeed
 import torch
 from bench_output import report
-from unet_reference import unet_forward
+from model_level import model_level
 
 from data_pipeline.config import load_encode_config
 from data_pipeline.encode_shards import run as encode
 from data_pipeline.sample_data import build_sample_dataset
-from fmboost.config import UNetConfig, load_config
+from fmboost.config import FMBoostConfig, load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.models import FMBoostModel
-from fmboost.models.unet import UNet
 from fmboost.training.trainer import train
 
 
-def bare_rate(config, steps: int, warmup: int) -> float:
+def bare_step(config: FMBoostConfig) -> Callable[[], None]:
+    """One step of the bare loop: forward, backward, clipping and AdamW on in-memory tensors."""
     torch.manual_seed(0)
     model = FMBoostModel.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
     size, low = config.model.out_channels, 64
-    x1, z_up = (
-        torch.randn(config.data.batch_size, size, low, low),
-        torch.randn(config.data.batch_size, size, low, low),
-    )
+    x1 = torch.randn(config.data.batch_size, size, low, low)
+    z_up = torch.randn(config.data.batch_size, size, low, low)
     generator = torch.Generator().manual_seed(0)
-    for step in range(warmup + steps):
-        if step == warmup:
-            started = time.perf_counter()
+
+    def step() -> None:
         loss = model(x1, z_up, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
-    return steps * config.data.batch_size / (time.perf_counter() - started)
+
+    return step
 
 
 @contextmanager
-def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
-    """Seconds of every DeepSpeed forward/backward/step the trainer makes, and of its whole steps.
+def interleaved_timer(warmup: int, bare: Callable[[], None]) -> Iterator[dict[str, list[float]]]:
+    """Seconds of the trainer's engine calls and whole steps, with one bare step run after each.
 
-    What a whole step costs beyond its engine calls is the loop's own work (data, EMA, bookkeeping),
-    measured inside the trainer itself, free of the run-to-run noise between processes.
+    ``whole_step`` is the trainer's own time from the end of one bare step to the end of its next
+    optimizer step; ``bare_step`` is the bare step that follows.
     """
-    times: dict[str, list[float]] = {"forward": [], "backward": [], "step": [], "whole_step": []}
+    times: dict[str, list[float]] = {
+        name: [] for name in ("forward", "backward", "step", "whole_step", "bare_step")
+    }
     original = deepspeed.initialize
-    last_step_end = [None]
+    last_bare_end: list[float | None] = [None]
 
     def timed(call, name):
         def wrapper(*args, **kwargs):
@@ -80,9 +83,11 @@ def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
             ended = time.perf_counter()
             times[name].append(ended - started)
             if name == "step":
-                if last_step_end[0] is not None:
-                    times["whole_step"].append(ended - last_step_end[0])
-                last_step_end[0] = ended
+                if last_bare_end[0] is not None:
+                    times["whole_step"].append(ended - last_bare_end[0])
+                bare()
+                last_bare_end[0] = time.perf_counter()
+                times["bare_step"].append(last_bare_end[0] - ended)
             return result
 
         return wrapper
@@ -102,60 +107,11 @@ def engine_call_timer(warmup: int) -> Iterator[dict[str, list[float]]]:
             del times[name][:warmup]
 
 
-def time_alternating(first, second, rounds: int) -> tuple[float, float]:
-    """Median seconds of ``first()`` and ``second()``, called in turn (so drift hits both alike)."""
-    for _ in range(2):
-        first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for step, record in ((first, times[0]), (second, times[1])):
-            started = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - started)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def model_level(rounds: int) -> dict:
-    """Our U-Net against the functional reference on the same weights: equal outputs, then timings."""
-    config = UNetConfig(
-        in_channels=8,
-        out_channels=4,
-        model_channels=128,
-        channel_mult=[1],
-        num_res_blocks=1,
-        attention_resolutions=[1],
-        num_heads=4,
-        head_channels=32,
-    )
-    torch.manual_seed(0)
-    net = UNet(config)
-    for parameter in net.parameters():
-        torch.nn.init.normal_(parameter, std=0.02)
-    params = dict(net.named_parameters())
-    x, t = torch.randn(2, 8, 32, 32), torch.rand(2)
-    torch.testing.assert_close(unet_forward(params, config, x, t), net(x, t), rtol=1e-4, atol=1e-5)
-
-    def ours() -> None:
-        net(x, t).square().mean().backward()
-
-    def reference() -> None:
-        unet_forward(params, config, x, t).square().mean().backward()
-
-    ours_s, reference_s = time_alternating(ours, reference, rounds)
-    return {
-        "size": "128 channels at 32x32 positions, 4 heads x 32, batch 2, forward + backward",
-        "ours_ms": round(ours_s * 1000, 2),
-        "reference_ms": round(reference_s * 1000, 2),
-        "ratio": round(ours_s / reference_s, 3),
-        "target_ratio": 1.0,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per loop")
+    parser.add_argument("--steps", type=int, default=100, help="timed optimizer steps of each loop")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of both loops")
     parser.add_argument(
@@ -169,8 +125,9 @@ def main() -> None:
     parser.add_argument(
         "--num-workers",
         type=int,
-        default=1,
-        help="DataLoader workers of the full loop (0: read shards in the training process; default: 1)",
+        default=0,
+        help="DataLoader workers of the full loop (default 0: shards are read inside its steps, so all data "
+        "work is counted; a worker would also prefetch while the bare step runs)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results/train_throughput.json"), help="JSON output"
@@ -196,7 +153,6 @@ def main() -> None:
                 f"data.batch_size={args.batch_size}",
                 f"train.run_dir={scratch}/run",
                 f"train.max_steps={total}",
-                f"train.log_every={args.warmup}",
                 f"train.checkpoint_every={total * 10}",
                 f"train.validate_every={total * 10}",
                 "train.grad_clip=1.0",
@@ -204,31 +160,23 @@ def main() -> None:
                 f"deepspeed.zero_optimization.stage={args.zero_stage}",
             ],
         )
-        bare_before = bare_rate(config, args.steps, args.warmup)
-        with engine_call_timer(args.warmup) as calls:
+        with interleaved_timer(args.warmup, bare_step(config)) as times:
             train(config, DistributedEnv())
-        rates = [
-            json.loads(line)["train/samples_per_s"]
-            for line in (scratch / "run" / "metrics.jsonl").read_text().splitlines()
-            if "train/samples_per_s" in line
-        ]
-        full_rate = sum(rates[1:]) / len(rates[1:])
-    bare_after = bare_rate(config, args.steps, args.warmup)
-    engine_s = sum(statistics.median(calls[name]) for name in ("forward", "backward", "step"))
-    bare = (bare_before + bare_after) / 2
+    full_s, bare_s = statistics.mean(times["whole_step"]), statistics.mean(times["bare_step"])
+    engine_s = sum(statistics.median(times[name]) for name in ("forward", "backward", "step"))
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "batch_size": args.batch_size,
         "zero_stage": args.zero_stage,
-        "steps": args.steps,
-        "full_loop_samples_per_s": round(full_rate, 2),
-        "bare_loop_samples_per_s": round(bare, 2),
-        "bare_loop_before_and_after": [round(bare_before, 2), round(bare_after, 2)],
-        "overhead": round(1 - full_rate / bare, 4),
+        "num_workers": args.num_workers,
+        "steps": len(times["whole_step"]),
+        "full_loop_samples_per_s": round(args.batch_size / full_s, 2),
+        "bare_loop_samples_per_s": round(args.batch_size / bare_s, 2),
+        "overhead": round(full_s / bare_s - 1, 4),
         "target_overhead": 0.03,
-        "in_trainer_ms": {name: round(statistics.median(values) * 1000, 2) for name, values in calls.items()},
-        "loop_share_of_step": round(1 - engine_s / statistics.median(calls["whole_step"]), 4),
-        "model_level": model_level(args.rounds),
+        "in_trainer_ms": {name: round(statistics.median(values) * 1000, 2) for name, values in times.items()},
+        "loop_share_of_step": round(1 - engine_s / statistics.median(times["whole_step"]), 4),
+        "model_level": model_level(args.rounds, torch.device("cpu")),
     }
     report(result, args.out)
 

@@ -1,4 +1,5 @@
-"""``bench/gpu_check.py --small`` runs end to end on a CPU, so the GPU check is ready when a GPU is."""
+"""The benchmark scripts run end to end on a CPU at tiny sizes (``--small``, a few steps): the GPU check
+and the step profile are ready when a GPU is, and the CPU benchmarks keep working."""
 
 import json
 import os
@@ -12,11 +13,10 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
-    out = tmp_path / "gpu_check.json"
+def run_bench(*arguments: str) -> None:
     environment = {**os.environ, "MASTER_PORT": str(23000 + os.getpid() % 1000)}
     finished = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--small", "--out", str(out)],
+        [sys.executable, *arguments],
         cwd=REPO_ROOT,
         env=environment,
         capture_output=True,
@@ -24,6 +24,11 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         timeout=900,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    run_bench("bench/gpu_check.py", "--small", "--out", str(out))
     result = json.loads(out.read_text())
     for key in ("a_train_cfm_1k", "b_train_cfm_1k_compile_channels_last", "c_train_cascade_2k_crop"):
         figures = result[key]
@@ -35,3 +40,42 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
     assert set(result["d_inference_1k"]["seconds"]) == {"stage_1", "decode"}
     assert result["e_inference_2k_cascade"]["image"] == "64²"
     assert set(result["e_inference_2k_cascade"]["seconds"]) == {"stage_1", "stage_2", "decode"}
+    comparison = result["f_model_level"]["batch_2"]
+    assert comparison["ours_ms"] > 0 and comparison["reference_ms"] > 0
+
+
+@pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
+def test_the_step_profile_reports_a_step_time_and_the_costliest_operators(tmp_path, mode):
+    overrides = ["deepspeed.zero_optimization.stage=0", "data.batch_size=1"]
+    run_bench(
+        "bench/profile_step.py",
+        "configs/cfm_1k.yaml",
+        *overrides,
+        "--small",
+        *mode,
+        "--steps",
+        "1",
+        "--profiled",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step_ms_median"] > 0 and summary["batch"] == 1 and summary["zero_stage"] == 0
+    assert summary["inference"] == bool(mode)
+    assert "Self CPU time total" in (tmp_path / "table.txt").read_text()
+
+
+def test_the_training_throughput_bench_interleaves_a_bare_step_after_every_trainer_step(tmp_path):
+    out = tmp_path / "train_throughput.json"
+    run_bench(
+        "bench/train_throughput.py", "--steps", "3", "--warmup", "1", "--rounds", "1", "--out", str(out)
+    )
+    result = json.loads(out.read_text())
+    timings = result["in_trainer_ms"]
+    assert result["steps"] == 2  # the first timed step has no bare step before it
+    assert timings["whole_step"] > 0 and timings["bare_step"] > 0
+    assert result["overhead"] == pytest.approx(
+        result["bare_loop_samples_per_s"] / result["full_loop_samples_per_s"] - 1, abs=0.01
+    )
+    assert result["model_level"]["ratio"] > 0
