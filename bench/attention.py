@@ -11,13 +11,13 @@ forward + backward; ratio = ours / reference (target <= 1.0 within noise).
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from bench_output import report
+from device_timing import timed_seconds
 
 from fmboost.models.unet import AttentionBlock
 
@@ -53,15 +53,7 @@ def strided_layout(block: AttentionBlock) -> Callable[[torch.Tensor], torch.Tens
 
 
 def median_ms(function: Callable[[], object], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats + 2):  # the first two are warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
+    times = [timed_seconds(function, device) for _ in range(repeats + 2)]  # the first two are warm-up
     return round(1000 * statistics.median(times[2:]), 3)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from bench_output import report
+from device_timing import synchronize
 from model_level import model_level
 
 from fmboost.config import FMBoostConfig, load_config
@@ -52,11 +53,6 @@ def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:

@@ -7,10 +7,10 @@ channels at 32×32 positions). Target: ours is not slower (ratio <= 1).
 
 import contextlib
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from device_timing import timed_seconds
 from unet_reference import unet_forward
 
 from fmboost.config import UNetConfig
@@ -32,22 +32,12 @@ def time_alternating(
     first: Callable[[], None], second: Callable[[], None], rounds: int, device: torch.device
 ) -> tuple[float, float]:
     """Median seconds of ``first()`` and ``second()``, called in turn (so drift hits both alike)."""
-
-    def timed(step: Callable[[], None]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - started
-
     for _ in range(2):
         first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        times[0].append(timed(first))
-        times[1].append(timed(second))
+        times[0].append(timed_seconds(first, device))
+        times[1].append(timed_seconds(second, device))
     return statistics.median(times[0]), statistics.median(times[1])
 
 

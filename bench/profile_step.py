@@ -12,12 +12,12 @@ engine is the trainer's own (``engine_setup.build_engine``), stepped on in-memor
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from bench_output import report
-from gpu_check import SMALL_MODEL, synchronize
+from device_timing import synchronize, timed_seconds
+from gpu_check import SMALL_MODEL
 from torch.profiler import ProfilerActivity, profile
 
 from fmboost.config import load_config
@@ -79,13 +79,7 @@ def main() -> None:
 
     for _ in range(3):
         step()
-    seconds = []
-    for _ in range(args.steps):
-        synchronize(device)
-        started = time.perf_counter()
-        step()
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
+    seconds = [timed_seconds(step, device) for _ in range(args.steps)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         for _ in range(args.profiled):
