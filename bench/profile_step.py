@@ -38,7 +38,10 @@ def main() -> None:
         "--small", action="store_true", help="tiny U-Net and fp32: proves the script on a CPU"
     )
     parser.add_argument(
-        "--latent", type=int, default=None, help="latent side (default: the training crop or 128)"
+        "--latent",
+        type=int,
+        default=None,
+        help="latent side (default: the training crop, else 128; 16 with --small)",
     )
     parser.add_argument(
         "--inference",
