@@ -2,6 +2,7 @@
 engine built from them as the trainer steps it (the GPU check measures the same engine)."""
 
 import copy
+import logging
 from typing import Any
 
 import deepspeed
@@ -11,6 +12,8 @@ from fmboost.config import FMBoostConfig
 from fmboost.devices import precision_dtype, resolve_precision
 from fmboost.errors import ConfigError
 from fmboost.training.hot_loop import apply_throughput_options
+
+logger = logging.getLogger(__name__)
 
 OWNED_KEYS = {
     "train_micro_batch_size_per_gpu": "data.batch_size",
@@ -65,6 +68,18 @@ def mixed_precision(precision: str) -> dict[str, Any]:
     }
 
 
+def single_gpu_zero_advice(config: FMBoostConfig, device: torch.device, world_size: int) -> str | None:
+    """A hint for a ZeRO stage that partitions across one GPU only: measured on an H100 (README), the
+    paper step took 161 ms at stage 2 against 140 ms at stage 0."""
+    stage = int(config.deepspeed.get("zero_optimization", {}).get("stage", 0))
+    if device.type != "cuda" or world_size != 1 or stage == 0:
+        return None
+    return (
+        f"ZeRO stage {stage} on a single GPU partitions nothing and slows each step (15 % on an H100 for "
+        "the paper U-Net); deepspeed.zero_optimization.stage=0 is faster for one-GPU runs"
+    )
+
+
 def build_optimizer(model: torch.nn.Module, config: FMBoostConfig) -> torch.optim.Optimizer:
     """AdamW, the Adam-family optimizer of the paper (weight decay 0 by default)."""
     return torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -89,6 +104,9 @@ def build_engine(
     precision = resolve_precision(config.train.precision, device)
     autocast_dtype = None if precision == "fp32" else precision_dtype(precision, device)
     notes = apply_throughput_options(model, config.train, device, autocast_dtype, batch_shape)
+    advice = single_gpu_zero_advice(config, device, torch.distributed.get_world_size())
+    if advice:
+        logger.warning(advice)
     optimizer = build_optimizer(model, config)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,

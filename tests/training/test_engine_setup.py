@@ -3,7 +3,7 @@ import torch
 
 from fmboost.config import load_config
 from fmboost.errors import ConfigError
-from fmboost.training.engine_setup import deepspeed_config, warmup_schedule
+from fmboost.training.engine_setup import deepspeed_config, single_gpu_zero_advice, warmup_schedule
 
 
 def test_deepspeed_config_derives_batch_accumulation_clipping_and_precision():
@@ -41,6 +41,15 @@ def test_zero_stage_three_is_refused_up_front():
     config = load_config(None, ["deepspeed.zero_optimization.stage=3"])
     with pytest.raises(ConfigError, match="ZeRO-3 partitions the weights"):
         deepspeed_config(config, torch.device("cpu"))
+
+
+def test_zero_partitioning_on_a_single_gpu_gets_a_hint_and_nothing_else_does():
+    stage_2, stage_0 = (load_config(None, [f"deepspeed.zero_optimization.stage={s}"]) for s in (2, 0))
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert "deepspeed.zero_optimization.stage=0" in single_gpu_zero_advice(stage_2, gpu, world_size=1)
+    assert single_gpu_zero_advice(stage_2, gpu, world_size=8) is None  # partitioning pays across GPUs
+    assert single_gpu_zero_advice(stage_0, gpu, world_size=1) is None
+    assert single_gpu_zero_advice(stage_2, cpu, world_size=1) is None  # not measured on CPUs
 
 
 def test_keys_fmboost_owns_cannot_be_set_twice():
