@@ -20,6 +20,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,32 +63,48 @@ def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:
     return load_config(path, overrides)
 
 
+def engine_step(
+    model: "torch.nn.Module", config: FMBoostConfig, latent: int, device: torch.device
+) -> tuple[object, Callable[[], torch.Tensor], list[str]]:
+    """The trainer's engine for ``model`` (compiled if asked), and one training step of it on a fixed
+    random batch of ``latent``² latents (returning the loss); also what the throughput options fell
+    back on."""
+    from fmboost.training.engine_setup import build_engine
+    from fmboost.training.hot_loop import memory_format
+
+    shape = (config.data.batch_size, config.model.out_channels, latent, latent)
+    engine, _, notes = build_engine(model, config, device, shape)
+    layout = memory_format(config.train)
+    x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
+    z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step() -> torch.Tensor:
+        loss = engine(x1, z_up, generator)
+        engine.backward(loss)
+        engine.step()
+        return loss
+
+    return engine, step, notes
+
+
 def training_figures(config: FMBoostConfig, latent: int, device: torch.device, steps: int) -> dict:
     """Samples/s, step time, peak memory and MFU of ``steps`` timed DeepSpeed steps (after 3 untimed)."""
     from fmboost.models import FMBoostModel
-    from fmboost.training.engine_setup import build_engine
-    from fmboost.training.hot_loop import memory_format
 
     reset_peak(device)
     torch.manual_seed(0)
     model = FMBoostModel.from_config(config)
     precision = resolve_precision(config.train.precision, device)
     batch = config.data.batch_size
-    shape = (batch, config.model.out_channels, latent, latent)
     started = time.perf_counter()
-    engine, _, notes = build_engine(model, config, device, shape)  # the trainer's engine, compiled if asked
+    engine, step, notes = engine_step(model, config, latent, device)
     setup_s = time.perf_counter() - started
-    layout = memory_format(config.train)
-    x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    generator = torch.Generator(device).manual_seed(0)
-    for step in range(3 + steps):
-        if step == 3:
+    for index in range(3 + steps):
+        if index == 3:
             synchronize(device)
             started = time.perf_counter()
-        loss = engine(x1, z_up, generator)
-        engine.backward(loss)
-        engine.step()
+        loss = step()
     synchronize(device)
     seconds = (time.perf_counter() - started) / steps
     samples_per_s = batch / seconds

@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 from bench_output import report
 from device_timing import synchronize, timed_seconds
-from gpu_check import SMALL_MODEL
+from gpu_check import SMALL_MODEL, engine_step
 from torch.profiler import ProfilerActivity, profile
 
 from fmboost.config import load_config
 from fmboost.devices import precision_dtype
 from fmboost.distributed import DistributedEnv, init_distributed
 from fmboost.models import FMBoostModel
-from fmboost.training.engine_setup import build_engine
 from fmboost.training.hot_loop import memory_format
 
 
@@ -60,25 +59,20 @@ def main() -> None:
     latent = args.latent or config.data.crop_size or (16 if args.small else 128)
 
     torch.manual_seed(0)
-    shape = (config.data.batch_size, config.model.out_channels, latent, latent)
-    engine, _, notes = build_engine(FMBoostModel.from_config(config), config, device, shape)
-    layout = memory_format(config.train)
+    engine, train_step, notes = engine_step(FMBoostModel.from_config(config), config, latent, device)
+    batch = config.data.batch_size
     autocast_dtype = precision_dtype(config.train.precision, device)
-    net_input = torch.randn(shape[0], engine.module.unet_config.in_channels, latent, latent, device=device)
-    net_input = net_input.contiguous(memory_format=layout)
-    times = torch.rand(shape[0], device=device)
-    x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    generator = torch.Generator(device).manual_seed(0)
+    net_input = torch.randn(batch, engine.module.unet_config.in_channels, latent, latent, device=device)
+    net_input = net_input.contiguous(memory_format=memory_format(config.train))
+    times = torch.rand(batch, device=device)
 
     def step() -> None:
-        if args.inference:
-            mixed = autocast_dtype != torch.float32
-            with torch.no_grad(), torch.autocast(device.type, autocast_dtype, enabled=mixed):
-                engine.module.net(net_input, times)
+        if not args.inference:
+            train_step()
             return
-        engine.backward(engine(x1, z_up, generator))
-        engine.step()
+        mixed = autocast_dtype != torch.float32
+        with torch.no_grad(), torch.autocast(device.type, autocast_dtype, enabled=mixed):
+            engine.module.net(net_input, times)
 
     for _ in range(3):
         step()
