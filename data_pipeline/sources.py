@@ -62,9 +62,10 @@ def fingerprint(shard: InputShard) -> dict[str, str | int]:
     """
     digest = hashlib.sha256()
     if shard.folder_files:
-        for file in shard.folder_files:
-            digest.update(f"{file.relative_to(shard.path)}:{file.stat().st_size}\n".encode())
-        size = sum(file.stat().st_size for file in shard.folder_files)
+        sizes = [file.stat().st_size for file in shard.folder_files]
+        for file, file_size in zip(shard.folder_files, sizes, strict=True):
+            digest.update(f"{file.relative_to(shard.path)}:{file_size}\n".encode())
+        size = sum(sizes)
     elif shard.zip_members:
         with zipfile.ZipFile(shard.path) as archive:
             infos = [archive.getinfo(name) for name in shard.zip_members]
