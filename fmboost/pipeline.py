@@ -210,13 +210,20 @@ class FMBoostPipeline:
         else:
             z = latents.to(self.device)
         self.check_output_size(tuple(z.shape[-2:]), "this input")
-        tiling = self.memory.flow_tile_size or None, self.memory.flow_tile_overlap
         used = []
         for index, (stage, context_fs, stage_nfe, stage_solver) in enumerate(
             zip(self.stages, self.context_first_stages, nfes, solvers, strict=True), 1
         ):
             with self.stopwatch(timings, f"stage_{index}"):
-                solution = stage.upsample(z, context_fs, stage_nfe, stage_solver, generator, False, *tiling)
+                solution = stage.upsample(
+                    z,
+                    context_fs,
+                    stage_nfe,
+                    stage_solver,
+                    generator,
+                    tile_size=self.memory.flow_tile_size or None,
+                    tile_overlap=self.memory.flow_tile_overlap,
+                )
             z = solution.x1.float()
             used.append(solution.nfe)
         with self.stopwatch(timings, "decode"):
