@@ -49,6 +49,7 @@ class UNetConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     time_scale: float = 1.0
+    step_conditioning: bool = False  # also embed the step size d (shortcut students); zero at init
 
     def downsampling_factors(self) -> list[int]:
         """The factors the levels run at: 1, 2, …, 2^(levels−1)."""
@@ -61,7 +62,13 @@ class UNetConfig:
 
 @dataclass
 class FlowConfig:
-    """The objective, the upsampling of the context and the default sampler of a CFM stage."""
+    """The objective, the upsampling of the context and the default sampler of a CFM stage.
+
+    A few-step *student* (objectives ``reflow`` and ``shortcut``, :mod:`fmboost.objectives.distillation`)
+    records the stage it was distilled from in ``teacher`` and the step counts it was trained for in
+    ``trained_nfe``; ``nfe`` is then its default, the smallest of them. ``bootstrap_share`` is the
+    share of a shortcut batch trained on self-consistency targets.
+    """
 
     objective: str = "cfm"
     upsampling: str = "psu_roundtrip"
@@ -71,6 +78,9 @@ class FlowConfig:
     nfe: int = 40
     atol: float = 1e-5
     rtol: float = 1e-5
+    teacher: str | None = None
+    trained_nfe: list[int] = field(default_factory=list)
+    bootstrap_share: float = 0.25
 
 
 @dataclass
@@ -141,6 +151,7 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3
     resume: str = "auto"
+    init_from: str | None = None  # an exported stage or run whose weights (and EMA) start a fresh run
     channels_last: bool = False  # NHWC U-Net activations (faster convolutions on tensor cores)
     compile: bool = False  # torch.compile the U-Net; falls back to eager with a warning if it cannot
 

@@ -18,7 +18,7 @@ import torch
 
 from fmboost.errors import FMBoostError
 
-Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Net = Callable[..., torch.Tensor]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -57,10 +57,11 @@ class TiledNet:
     def __init__(self, net: Net, tile_size: int, overlap: int) -> None:
         self.net, self.tile_size, self.overlap = net, tile_size, overlap
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
+        """``conditioning``: per-sample inputs passed on unchanged to every tile (a student's step size)."""
         height, width = x.shape[-2:]
         if height <= self.tile_size and width <= self.tile_size:
-            return self.net(x, t)
+            return self.net(x, t, *conditioning)
         tile_h, tile_w = min(self.tile_size, height), min(self.tile_size, width)
         weight = (blend_ramp(tile_h, self.overlap)[:, None] * blend_ramp(tile_w, self.overlap)[None, :]).to(
             x.device
@@ -69,7 +70,7 @@ class TiledNet:
         for top in tile_starts(height, self.tile_size, self.overlap):
             for left in tile_starts(width, self.tile_size, self.overlap):
                 window = (..., slice(top, top + tile_h), slice(left, left + tile_w))
-                output = self.net(x[window], t)
+                output = self.net(x[window], t, *conditioning)
                 if blended is None:
                     blended = x.new_zeros((*output.shape[:-2], height, width), dtype=torch.float32)
                     total = x.new_zeros((height, width), dtype=torch.float32)

@@ -105,6 +105,11 @@ def resolve_for_model(config: "FMBoostConfig", key: str) -> LatentDataset:
         check_compatible(
             dataset.manifest, config.model.out_channels, flow.scale_factor, first_stage, flow.upsampling
         )
+        if key == "train" and flow.objective == "reflow" and dataset.manifest.pairs is None:
+            raise FMBoostError(
+                f"{spec} holds latent shards, and reflow trains on a teacher's pairs: make pair shards "
+                "with `python -m data_pipeline.teacher_pairs` and train on those"
+            )
     except FMBoostError as error:
         raise FMBoostError(error.message, f"data.{key}") from None
     return dataset
@@ -122,6 +127,13 @@ def decode_sample(raw: dict[str, Any], images: bool = True) -> dict[str, Any]:
             sample[name] = schema.decode_array(raw[name])
         except (ValueError, OSError, EOFError) as error:
             raise FMBoostError(f"{where}: {name} is not a plain .npy array ({error})") from None
+    if schema.LATENT_START in raw:  # pair shards: the ODE start the teacher integrated from
+        try:
+            sample[schema.LATENT_START] = schema.decode_array(raw[schema.LATENT_START])
+        except (ValueError, OSError, EOFError) as error:
+            raise FMBoostError(
+                f"{where}: {schema.LATENT_START} is not a plain .npy array ({error})"
+            ) from None
     sample["caption"] = raw.get(schema.CAPTION, b"").decode("utf-8", errors="replace")
     sample["metadata"] = json.loads(raw[schema.METADATA]) if schema.METADATA in raw else {}
     if images and schema.IMAGE in raw:
@@ -170,6 +182,8 @@ class SampleTransform:
         }
         if "image" in sample:
             out["image"] = sample["image"]
+        if schema.LATENT_START in sample:  # stored scaled: the start point is what the model integrates
+            out["x0"] = torch.from_numpy(sample[schema.LATENT_START].astype(np.float32))
         if self.crop_size is not None and self.crop_size < self.manifest.high_res_latent:
             out = self.crop(out, rng)
         return out
@@ -179,8 +193,9 @@ class SampleTransform:
         factor, size = self.manifest.scale_factor, self.crop_size
         limit = (self.manifest.high_res_latent - size) // factor
         top, left = rng.randint(0, limit) * factor, rng.randint(0, limit) * factor
-        for name in ("x1", "z_up"):
-            out[name] = out[name][:, top : top + size, left : left + size]
+        for name in ("x1", "z_up", "x0"):
+            if name in out:
+                out[name] = out[name][:, top : top + size, left : left + size]
         low_top, low_left, low_size = top // factor, left // factor, size // factor
         out["z_low"] = out["z_low"][:, low_top : low_top + low_size, low_left : low_left + low_size]
         if "image" in out:
@@ -199,4 +214,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch["captions"] = [s["caption"] for s in samples]
     if all("image" in s for s in samples):
         batch["images"] = torch.stack([s["image"] for s in samples])
+    if all("x0" in s for s in samples):
+        batch["x0"] = torch.stack([s["x0"] for s in samples])
     return batch

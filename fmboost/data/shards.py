@@ -9,8 +9,15 @@ This module is the single definition shared by the writer (``data_pipeline``) an
 
 Per sample: ``KEY.latent.npy`` (float16 [C, H, W], high-res), ``KEY.latent_lowres.npy``,
 ``KEY.latent_psu.npy`` (upsampled low-res, shape of ``latent``), ``KEY.txt``, ``KEY.json`` and
-optionally ``KEY.jpg`` (the high-res crop). Arrays are stored *unscaled*; readers scale them with the
-manifest's values. Only ``.npy`` (without pickle), ``.txt``, ``.json`` and images are ever decoded.
+optionally ``KEY.jpg`` (the high-res crop).
+
+*Pair shards* (a teacher's results, ``data_pipeline.teacher_pairs``) are latent shards in this format
+whose ``latent`` is the teacher's result, with two more arrays: ``KEY.latent_start.npy`` (the scaled
+ODE start it was integrated from) and ``KEY.latent_real.npy`` (the source's high-res latent); the
+manifest's ``pairs`` names the teacher, its solver and NFE, and the source dataset.
+
+Arrays are stored *unscaled* (but ``latent_start``); readers scale them with the manifest's
+values. Only ``.npy`` (without pickle), ``.txt``, ``.json`` and images are ever decoded.
 """
 
 import functools
@@ -31,6 +38,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
 LATENT, LATENT_LOWRES, LATENT_PSU = "latent.npy", "latent_lowres.npy", "latent_psu.npy"
+LATENT_START, LATENT_REAL = "latent_start.npy", "latent_real.npy"
 CAPTION, METADATA, IMAGE = "txt", "json", "jpg"
 STORAGE_DTYPE = "float16"
 
@@ -124,6 +132,7 @@ class Manifest:
     totals: dict[str, Any]
     has_images: bool
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    pairs: dict[str, Any] | None = None  # pair shards: teacher, solver, nfe, seed, source dataset
     dtype: str = STORAGE_DTYPE
     schema_version: int = SCHEMA_VERSION
 

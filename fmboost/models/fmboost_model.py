@@ -25,7 +25,7 @@ from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConf
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
 from fmboost.models.unet import UNet
-from fmboost.objectives import OBJECTIVES, validate_flow
+from fmboost.objectives import build_objective, validate_flow
 from fmboost.sampling import ODESolution
 from fmboost.tiled_sampling import TiledNet
 from fmboost.upsampling import upsample_latents
@@ -97,7 +97,7 @@ class FMBoostModel(nn.Module):
     """A CFM stage; ``first_stage`` records the first stage its training latents were made with.
 
     The U-Net's input channels are derived from the objective (latent and context concatenated for
-    flow matching, the context alone for regression).
+    flow matching, the context alone for regression), and so is its step-size input (shortcut students).
     """
 
     def __init__(
@@ -105,8 +105,12 @@ class FMBoostModel(nn.Module):
     ) -> None:
         super().__init__()
         validate_flow(flow, unet)
-        self.objective = OBJECTIVES.get(flow.objective, "flow.objective")(flow.noise_aug_step)
-        self.unet_config = replace(unet, in_channels=self.objective.input_channels(unet.out_channels))
+        self.objective = build_objective(flow)
+        self.unet_config = replace(
+            unet,
+            in_channels=self.objective.input_channels(unet.out_channels),
+            step_conditioning=self.objective.step_conditioned,
+        )
         self.flow_config = flow
         self.first_stage = FirstStageConfig.from_record(first_stage) if first_stage is not None else None
         self.net = UNet(self.unet_config)
@@ -122,9 +126,16 @@ class FMBoostModel(nn.Module):
         return self.unet_config.out_channels
 
     def forward(
-        self, x1: torch.Tensor, z_up: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x1: torch.Tensor,
+        z_up: torch.Tensor,
+        generator: torch.Generator | None = None,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Training loss for high-res latents ``x1`` and upsampled low-res latents ``z_up`` (both scaled)."""
+        """Training loss for high-res latents ``x1`` and upsampled low-res latents ``z_up`` (both scaled);
+        ``x0``: stored ODE start points (teacher pairs), for objectives that train on them."""
+        if self.objective.uses_start_points:
+            return self.objective.loss(self.net, x1, z_up, generator, x0=x0)
         return self.objective.loss(self.net, x1, z_up, generator)
 
     def check_first_stage(self, first_stage: FirstStage) -> None:

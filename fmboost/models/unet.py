@@ -13,6 +13,10 @@ Every attention layer has the same inner width ``num_heads · head_channels`` (t
 ``UNet(UNetConfig())`` is the paper's network for 64² → 128² SD latents, parameter for parameter:
 8 input channels, 128 base channels, multipliers [1, 2, 4, 8], 3 res blocks, attention at factor 8
 (the deepest level) and in the middle block: 305,806,340 parameters.
+
+With ``step_conditioning`` the network also takes a step size :math:`d` (shortcut students, Frans et
+al. 2024), embedded like time and added to the time embedding; that embedding's last layer starts at
+zero, so a student initialised from a teacher computes exactly the teacher's velocity at first.
 """
 
 import math
@@ -216,6 +220,10 @@ class Level(nn.Module):
         return self.attention(x) if self.attention is not None else x
 
 
+FRESH_STUDENT_PARAMETERS = ("step_embed.",)
+"""Parameters a student adds to its teacher's network; they start at their initialisation (zero output)."""
+
+
 class UNet(nn.Module):
     """``UNet(config)(x, t)`` → velocity with ``out_channels`` channels; ``t`` in [0, 1] of shape [B]."""
 
@@ -227,6 +235,11 @@ class UNet(nn.Module):
         mc, groups = config.model_channels, config.norm_groups
         emb_dim = 4 * mc
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.step_embed = (
+            nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim)))
+            if config.step_conditioning
+            else None
+        )
 
         def attention(channels: int) -> AttentionBlock:
             return AttentionBlock(channels, config.attention_heads(channels), config.head_channels, groups)
@@ -270,14 +283,22 @@ class UNet(nn.Module):
         )
         self.size_multiple = 2 ** (len(config.channel_mult) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """``d`` [B]: the step size of a step-conditioned network (``None``: 0, the instantaneous flow)."""
         if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
             raise ValueError(
                 f"U-Net input size {tuple(x.shape[-2:])} must be divisible by {self.size_multiple} "
                 f"({len(self.config.channel_mult)} levels)"
             )
         sinusoid = timestep_embedding(t * self.config.time_scale, self.config.model_channels)
-        emb = F.silu(self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype)))
+        dtype = self.time_embed[0].weight.dtype
+        emb = self.time_embed(sinusoid.to(dtype))
+        if self.step_embed is not None:
+            d = torch.zeros_like(t) if d is None else d
+            emb = emb + self.step_embed(
+                timestep_embedding(d * self.config.time_scale, self.config.model_channels).to(dtype)
+            )
+        emb = F.silu(emb)
         h = self.input_conv(x)
         skips = [h]
         for block in self.down:

@@ -4,16 +4,23 @@
 - ``fm``: naive flow matching from Gaussian noise, conditioned on the upsampled latent.
 - ``dm``: conditional diffusion (v-prediction, cosine schedule), sampled with DDIM: the paper's "DM".
 - ``l1`` / ``l2``: direct regression of the high-res latent, one network call, no ODE.
+- ``reflow`` / ``shortcut``: few-step students of a trained ``cfm`` stage (:mod:`.distillation`).
 """
 
 from fmboost.config import FlowConfig, UNetConfig, require
 from fmboost.noise_schedule import NUM_STEPS
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
 from fmboost.objectives.diffusion import ConditionalDiffusion
+from fmboost.objectives.distillation import STUDENT_OBJECTIVES, Reflow, Shortcut, validate_student
 from fmboost.objectives.flow_matching import CouplingFlowMatching, NaiveFlowMatching
 from fmboost.objectives.regression import L1Regression, L2Regression
 from fmboost.sampling import validate_solver
 from fmboost.upsampling import UPSAMPLERS
+
+
+def build_objective(flow: FlowConfig) -> Objective:
+    """The objective ``flow.objective`` names, with the settings of ``flow`` it uses."""
+    return OBJECTIVES.get(flow.objective, "flow.objective").from_flow(flow)
 
 
 def network_input_channels(flow: FlowConfig, model: UNetConfig) -> int:
@@ -28,6 +35,7 @@ def validate_flow(flow: FlowConfig, model: UNetConfig) -> None:
     validate_solver(flow.solver, flow.nfe, "flow")
     require(0 <= flow.noise_aug_step < NUM_STEPS, "flow.noise_aug_step", f"must lie in [0, {NUM_STEPS - 1}]")
     require(flow.scale_factor >= 1, "flow.scale_factor", "must be at least 1")
+    validate_student(flow)
     require(
         model.in_channels in (None, expected),
         "model.in_channels",
@@ -38,6 +46,10 @@ def validate_flow(flow: FlowConfig, model: UNetConfig) -> None:
 
 __all__ = [
     "OBJECTIVES",
+    "STUDENT_OBJECTIVES",
+    "build_objective",
+    "Reflow",
+    "Shortcut",
     "network_input_channels",
     "validate_flow",
     "ConditionalDiffusion",

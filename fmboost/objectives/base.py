@@ -5,11 +5,13 @@ from collections.abc import Callable
 
 import torch
 
+from fmboost.config import FlowConfig
 from fmboost.registry import Registry
 from fmboost.sampling import ODESolution
 
-VelocityNet = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""The network ``net(input, t)``; ``input`` already holds any concatenated context, ``t`` is [B] in [0, 1]."""
+VelocityNet = Callable[..., torch.Tensor]
+"""The network ``net(input, t)``; ``input`` already holds any concatenated context, ``t`` is [B] in [0, 1].
+Step-conditioned objectives pass the step size as a third argument ``d`` [B]."""
 
 OBJECTIVES: "Registry[type[Objective]]" = Registry("objective")
 
@@ -22,9 +24,16 @@ class Objective(ABC):
     """
 
     name: str
+    uses_start_points = False  # trains on stored ODE start points (teacher pairs), passed as ``x0``
+    step_conditioned = False  # the network also takes the step size d (a third argument)
 
     def __init__(self, noise_aug_step: int = 400) -> None:
         self.noise_aug_step = noise_aug_step
+
+    @classmethod
+    def from_flow(cls, flow: FlowConfig) -> "Objective":
+        """The objective a ``flow`` section describes (subclasses read the keys they use)."""
+        return cls(flow.noise_aug_step)
 
     @abstractmethod
     def input_channels(self, latent_channels: int) -> int:

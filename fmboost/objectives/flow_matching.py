@@ -51,8 +51,18 @@ class FlowMatchingObjective(Objective):
     def loss(
         self, net: VelocityNet, x1: torch.Tensor, z_up: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        x1, z_up = x1.float(), z_up.float()
-        x0 = self.start_point(z_up, generator)
+        z_up = z_up.float()
+        return self.path_loss(net, self.start_point(z_up, generator), x1.float(), z_up, generator)
+
+    def path_loss(
+        self,
+        net: VelocityNet,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        z_up: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The flow-matching loss on the straight paths from ``x0`` to ``x1`` (fp32), t ~ U[0, 1]."""
         t = rand_uniform(x1.shape[0], x1, generator)
         prediction = self.velocity(net, interpolate(x0, x1, t), t, z_up)
         return F.mse_loss(prediction.float(), target_velocity(x0, x1))

@@ -20,6 +20,11 @@ def validate_training(config: FMBoostConfig) -> None:
         "train.resume",
         f"use auto, never or the directory of a checkpoint ({train.resume!r} is none of these)",
     )
+    require(
+        train.init_from is None or Path(train.init_from).expanduser().exists(),
+        "train.init_from",
+        f"{train.init_from} does not exist (give an exported stage, a checkpoint or a training run)",
+    )
     for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
         require(getattr(train, key) > 0, f"train.{key}", "must be positive")
     require(config.data.batch_size > 0, "data.batch_size", "must be positive")

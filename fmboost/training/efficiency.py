@@ -19,16 +19,14 @@ def training_flops_per_sample(config: FMBoostConfig, latent_size: int) -> float:
     """FLOPs of one training step (forward and backward) for one sample of ``latent_size``² latents."""
     from fmboost.models import FMBoostModel
 
-    channels = config.model.out_channels
+    channels, batch = config.model.out_channels, config.data.batch_size
     with torch.device("meta"):
         model = FMBoostModel.from_config(config)
-        x1, z_up = (
-            torch.empty(1, channels, latent_size, latent_size),
-            torch.empty(1, channels, latent_size, latent_size),
-        )
+        # A whole batch: a shortcut student spends extra no-grad evaluations on a share of it.
+        x1, z_up, x0 = (torch.empty(batch, channels, latent_size, latent_size) for _ in range(3))
         with FlopCounterMode(display=False) as counter:
-            model(x1, z_up, None).backward()
-    return float(counter.get_total_flops())
+            model(x1, z_up, None, x0).backward()
+    return float(counter.get_total_flops()) / batch
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

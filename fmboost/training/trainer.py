@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
+from fmboost.config import FlowConfig, FMBoostConfig, to_flat_dict, to_yaml
 from fmboost.data import TrainStream, ValidationStream, make_loader
 from fmboost.data.dataset import SampleTransform, resolve_for_model
+from fmboost.data.shards import Manifest
 from fmboost.data.streams import unwrap_worker_errors
 from fmboost.devices import resolve_precision
 from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, init_distributed
@@ -31,6 +32,7 @@ from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerStat
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_engine
 from fmboost.training.hot_loop import LossWindow, freeze_setup_objects, memory_format
+from fmboost.training.init_from import load_initial_weights
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
@@ -66,6 +68,16 @@ def build_validator(config: FMBoostConfig, device: torch.device) -> Validator | 
     loader = make_loader(ValidationStream(dataset, transform, config.data.batch_size), 0)
     first_stage = build_first_stage(dataset.manifest.first_stage).to(device)
     return Validator(loader, first_stage, config.eval, device, config.train.seed)
+
+
+def record_teacher(flow: FlowConfig, manifest: Manifest, initialised_from: Path | None) -> None:
+    """A student records the stage it learns from (exported with it): the teacher of its pair shards,
+    else the stage it was initialised from."""
+    from fmboost.objectives import STUDENT_OBJECTIVES
+
+    if flow.objective in STUDENT_OBJECTIVES and flow.teacher is None:
+        teacher = (manifest.pairs or {}).get("teacher") or initialised_from
+        flow.teacher = str(teacher) if teacher is not None else None
 
 
 def train(
@@ -113,6 +125,11 @@ def train_in_run_folder(
     # ------------------------------------------------------------------ setup: model, DeepSpeed, EMA
     torch.manual_seed(settings.seed)
     model = FMBoostModel.from_config(config, manifest.first_stage)
+    initialised_from = None
+    if settings.init_from:  # a resume below replaces these weights with the run's own checkpoint
+        initialised_from = load_initial_weights(model, settings.init_from)
+        logger.info("initialised the weights (and the EMA) from %s", initialised_from)
+    record_teacher(model.flow_config, manifest, initialised_from)
     # Every rank keeps the EMA (ZeRO 0-2 leave each rank the whole fp32 weights), so none waits for it.
     ema = EMA(model, settings.ema_beta, settings.ema_power, settings.ema_update_after_step)
     ema.shadow.to(device)  # its update counter stays on the CPU: reading it is no device sync
@@ -192,7 +209,8 @@ def train_in_run_folder(
     while state.step < settings.max_steps:
         batch = next(batches)
         x1, z_up = (batch[key].to(device, non_blocking=True, memory_format=layout) for key in ("x1", "z_up"))
-        loss = engine(x1, z_up, loss_generator)
+        x0 = batch["x0"].to(device, non_blocking=True, memory_format=layout) if "x0" in batch else None
+        loss = engine(x1, z_up, loss_generator, x0)
         boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         logging_step = boundary and (state.step + 1) % settings.log_every == 0

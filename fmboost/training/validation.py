@@ -1,6 +1,7 @@
 """Periodic validation: upsample a fixed held-out batch with the EMA model and compare with ground truth.
 
-Logs the loss on that batch (fixed noise), PSNR/SSIM of the decoded CFM output against the ground truth
+Logs the loss on that batch (fixed noise; for a student that learns stored teacher pairs, only when the
+validation shards are pairs too), PSNR/SSIM of the decoded CFM output against the ground truth
 (the stored images when the shards have them, else the decoded high-res latents), the same for the
 honest baselines (``bicubic``: the decoded low-res image enlarged; ``context``: the decoded upsampled
 context), and a grid with rows of (low-res | bicubic | CFM | ground truth).
@@ -34,7 +35,7 @@ class Validator:
                 break
         if not batches:
             raise ValueError("the validation shards hold no samples")
-        names = ("x1", "z_up", "z_low", *(["images"] if "images" in batches[0] else []))
+        names = ("x1", "z_up", "z_low", *[name for name in ("images", "x0") if name in batches[0]])
         self.batch = {name: torch.cat([b[name] for b in batches])[: settings.num_images] for name in names}
         self.first_stage, self.settings, self.device, self.seed = first_stage, settings, device, seed
         self.truth = ground_truth(self.batch, first_stage)
@@ -45,7 +46,10 @@ class Validator:
         model.eval()
         dtype = next(model.parameters()).dtype
         x1, z_up = (self.batch[name].to(self.device, dtype) for name in ("x1", "z_up"))
-        metrics = {"val/loss": model(x1, z_up, torch.Generator().manual_seed(self.seed)).item()}
+        x0 = self.batch["x0"].to(self.device, dtype) if "x0" in self.batch else None
+        metrics = {}
+        if x0 is not None or not model.objective.uses_start_points:
+            metrics["val/loss"] = model(x1, z_up, torch.Generator().manual_seed(self.seed), x0).item()
         result = upsample(
             model, self.batch, self.first_stage, self.settings.solver, self.settings.nfe, self.seed
         )

@@ -27,9 +27,9 @@ class RecordingNet:
         return self.output if self.output is not None else torch.zeros_like(x[:, : x.shape[1] // 2])
 
 
-def test_registry_offers_the_four_objectives_with_one_interface():
-    assert OBJECTIVES.names() == ["cfm", "dm", "fm", "l1", "l2"]
-    assert [OBJECTIVES.get(n)().input_channels(4) for n in OBJECTIVES.names()] == [8, 8, 8, 4, 4]
+def test_registry_offers_the_objectives_and_students_with_one_interface():
+    assert OBJECTIVES.names() == ["cfm", "dm", "fm", "l1", "l2", "reflow", "shortcut"]
+    assert [OBJECTIVES.get(n)().input_channels(4) for n in OBJECTIVES.names()] == [8, 8, 8, 4, 4, 8, 8]
 
 
 def test_straight_path_interpolates_and_has_constant_velocity():
