@@ -2,9 +2,10 @@
 
 Each task turns submitit's ``JobEnvironment`` into the standard distributed variables and runs the
 same code a user runs by hand (:func:`fmboost.training.trainer.train`,
-:func:`data_pipeline.encode_shards.run`). On the pre-emption/time-limit signal every training rank
-saves a checkpoint, then rank 0 hands over to submitit, which requeues the job; the requeued job
-resumes from that checkpoint by itself (``train.resume=auto``).
+:func:`data_pipeline.encode_shards.run`, :func:`data_pipeline.teacher_pairs.run`). On the
+pre-emption/time-limit signal every training rank saves a checkpoint, then rank 0 hands over to
+submitit, which requeues the job; the requeued job resumes from that checkpoint by itself
+(``train.resume=auto``).
 """
 
 import logging
@@ -100,20 +101,28 @@ class EncodeJob:
         self.config_path, self.overrides = config_path, list(overrides)
 
     def __call__(self, task_index: int, num_tasks: int) -> dict[str, Any]:
-        from data_pipeline.config import load_encode_config
-        from data_pipeline.encode_shards import run
-
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s [task {task_index}] %(levelname)s %(message)s"
         )
         split = [f"task_index={task_index}", f"num_tasks={num_tasks}"]
-        summary = run(load_encode_config(self.config_path, [*self.overrides, *split]))
-        return {
-            "task_index": task_index,
-            "shards_done": summary.shards_done,
-            "written": summary.written,
-            "rejected": summary.rejected,
-        }
+        return {"task_index": task_index, **self.run_share([*self.overrides, *split])}
+
+    def run_share(self, overrides: list[str]) -> dict[str, Any]:
+        from data_pipeline.config import load_encode_config
+        from data_pipeline.encode_shards import run
+
+        summary = run(load_encode_config(self.config_path, overrides))
+        return {"shards_done": summary.shards_done, "written": summary.written, "rejected": summary.rejected}
+
+
+class PairsJob(EncodeJob):
+    """One array task of the teacher-pair job (:mod:`data_pipeline.teacher_pairs`), split like encoding."""
+
+    def run_share(self, overrides: list[str]) -> dict[str, Any]:
+        from data_pipeline.pairs_config import load_pairs_config
+        from data_pipeline.teacher_pairs import run
+
+        return run(load_pairs_config(self.config_path, overrides))
 
 
 class EvaluationJob:

@@ -3,12 +3,13 @@
     python cluster/submit.py [--nodes N] [--gpus-per-node G] [--partition P] [--time MIN]
                              [--cluster auto|slurm|local] [--dry-run] [--wait] CONFIG [key=value ...]
     python cluster/submit.py --array N configs/encode/laion_1k.yaml [key=value ...]
+    python cluster/submit.py --array N configs/distill/pairs_1k.yaml [key=value ...]
 
 A training config starts one task per GPU on every node; each task sets up the distributed
 environment from submitit's JobEnvironment and runs the trainer. Jobs checkpoint and requeue
-themselves on Slurm's time-limit/pre-emption signal. An encode config (top-level ``input``/``output``)
-or an evaluation config (top-level ``benchmark``) with ``--array N`` runs N array tasks, each doing
-its share; the last evaluation task merges the results.
+themselves on Slurm's time-limit/pre-emption signal. An encode config (top-level ``input``/``output``),
+a teacher-pair config (top-level ``teacher``) or an evaluation config (top-level ``benchmark``) with
+``--array N`` runs N array tasks, each doing its share; the last evaluation task merges the results.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 import submitit
 import yaml
 
-from cluster.jobs import EncodeJob, EvaluationJob, TrainingJob
+from cluster.jobs import EncodeJob, EvaluationJob, PairsJob, TrainingJob
 from fmboost.cli import report_errors
 from fmboost.config import load_config, to_yaml
 from fmboost.errors import ConfigError
@@ -95,11 +96,14 @@ def choose_backend(requested: str) -> str:
 
 
 def config_kind(path: str) -> str:
-    """``encode`` (top-level input/output), ``evaluation`` (top-level benchmark) or ``training``."""
+    """``pairs`` (top-level teacher), ``encode`` (top-level input/output), ``evaluation`` (top-level
+    benchmark) or ``training``."""
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
         return "training"  # load_config reports the problem with its own message
+    if isinstance(loaded, dict) and "teacher" in loaded:
+        return "pairs"
     if isinstance(loaded, dict) and "input" in loaded and "output" in loaded:
         return "encode"
     if isinstance(loaded, dict) and "benchmark" in loaded:
@@ -161,8 +165,9 @@ def submit_training(args: argparse.Namespace) -> int:
 
 
 def submit_array(args: argparse.Namespace, kind: str) -> int:
-    """Encoding or evaluation as ``--array N`` tasks, each with its ``task_index``/``num_tasks``."""
+    """Encoding, teacher pairs or evaluation as ``--array N`` tasks, each with its task index and count."""
     from data_pipeline.config import load_encode_config
+    from data_pipeline.pairs_config import load_pairs_config
     from evaluation.config import load_eval_config
     from fmboost.config import ClusterConfig
 
@@ -174,6 +179,9 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
             config.output,
             config.num_workers + 2,
         )
+    elif kind == "pairs":
+        config = load_pairs_config(args.config, args.overrides)
+        job_fn, job_dir, cpus = PairsJob(str(Path(args.config).resolve()), args.overrides), config.output, 4
     else:
         config = load_eval_config(args.config, args.overrides)
         job_fn, job_dir, cpus = (
@@ -181,8 +189,9 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
             config.results_dir,
             4,
         )
+    teacher_on_gpu = kind == "pairs" and config.device != "cpu"  # the teacher runs 40 NFE per sample
     cluster = ClusterConfig(
-        nodes=1, gpus_per_node=1, request_gpus=False, time_minutes=1440, cpus_per_task=cpus
+        nodes=1, gpus_per_node=1, request_gpus=teacher_on_gpu, time_minutes=1440, cpus_per_task=cpus
     )
     backend = choose_backend(args.cluster or "auto")
     parameters = job_parameters(args, cluster, backend) | {"name": f"fmboost-{kind}"}
@@ -211,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     kind = config_kind(args.config)
     if args.array is not None and kind == "training":
-        raise ConfigError("--array runs encode or evaluation configs; training uses --nodes/--gpus-per-node")
+        raise ConfigError(
+            "--array runs encode, pairs or evaluation configs; training uses --nodes/--gpus-per-node"
+        )
     try:
         code = submit_training(args) if kind == "training" else submit_array(args, kind)
     except submitit.core.utils.FailedJobError as error:

@@ -20,6 +20,7 @@ IDENTITY_FIELDS = (
     "has_images",
     "preprocessing",
     "source_shards",
+    "pairs",
 )
 
 
