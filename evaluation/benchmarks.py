@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluation.entries import Entry, batch_seed
+from evaluation.entries import Entry, batch_seed, variant_seed
 from evaluation.recorder import Recorder
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images, to_uint8
 from fmboost.models import FMBoostModel
 from fmboost.pipeline import FMBoostPipeline
-from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, upsample
+from fmboost.upsampling_eval import Upsampled, baseline, ground_truth, low_res_preview, upsample
 
 
 @dataclass
@@ -50,21 +50,59 @@ def batches_for_this_task(recorder: Recorder, loader, entries: list[Entry]):
             progress.update(take * len(entries))
 
 
+def teacher_reference(recorder: Recorder, generators: Generators, batch: dict, seed: int) -> Upsampled | None:
+    """The teacher's output for ``batch`` from the batch's start noise (``teacher_psnr``'s reference)."""
+    config = recorder.config
+    if config.teacher is None:
+        return None
+    if config.teacher not in generators.models:
+        raise FMBoostError(
+            f"{config.teacher} is not one of the evaluated models ({', '.join(generators.models)})", "teacher"
+        )
+    model = generators.models[config.teacher]
+    return upsample(model, batch, generators.first_stage, config.teacher_solver, config.teacher_nfe, seed)
+
+
+def seed_variants(recorder: Recorder, generators: Generators, entry: Entry, batch: dict, seed: int) -> list:
+    """The entry's images from ``diversity_seeds`` other seeds (none for baselines: they are fixed)."""
+    if entry.is_baseline:
+        return []
+    model, fs = generators.models[entry.model], generators.first_stage
+    return [
+        upsample(model, batch, fs, entry.solver, entry.nfe or None, variant_seed(seed, variant)).images
+        for variant in range(1, recorder.config.diversity_seeds + 1)
+    ]
+
+
 def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generators, loader) -> Grid:
-    """Every entry on every held-out batch, from the stored contexts."""
-    fs, grid = generators.first_stage, {}
+    """Every entry on every held-out batch, from the stored contexts; the teacher's reference once a batch."""
+    config, fs, grid = recorder.config, generators.first_stage, {}
+    reference_entry = Entry(config.teacher or "", config.teacher_solver, config.teacher_nfe)
     for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
         real = ground_truth(batch, fs)
-        seed = batch_seed(recorder.config.seed, batch["keys"])
+        seed = batch_seed(config.seed, batch["keys"])
         upscale = batch["x1"].shape[-1] // batch["z_low"].shape[-1]
+        reference = teacher_reference(recorder, generators, batch, seed)
         for entry in entries:
             if entry.is_baseline:
                 result = baseline(entry.model, batch, fs)
+            elif entry == reference_entry:
+                result = reference
             else:
                 result = upsample(
                     generators.models[entry.model], batch, fs, entry.solver, entry.nfe or None, seed
                 )
-            recorder.record(entry, result.images, real, result.timings, result.nfe, seed, upscale=upscale)
+            recorder.record(
+                entry,
+                result.images,
+                real,
+                result.timings,
+                result.nfe,
+                seed,
+                upscale=upscale,
+                teacher=None if reference is None or entry == reference_entry else reference.images,
+                variants=seed_variants(recorder, generators, entry, batch, seed),
+            )
             if batch_index == 0:
                 grid[entry.label] = result.images
         if batch_index == 0:

@@ -19,6 +19,11 @@ DEMO_RUN = "runs/demo"  # what `make demo` trains: the default model to evaluate
 class EvalRunConfig:
     """What to evaluate, on which data, with which metrics, and where to report.
 
+    Few-step students: ``teacher`` names one of the evaluated models (by its label, e.g. ``cfm`` for
+    ``runs/cfm``); its output with ``teacher_solver`` at ``teacher_nfe`` from the *same* start noise is the
+    reference of ``teacher_psnr`` for every entry. ``diversity_seeds`` extra seeds per image give
+    ``diversity`` (0: not measured). ``extra_nfe`` adds NFE values for single models (``{cfm: [40]}``).
+
     ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
     default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
     stages, applied in order after ``base``. ``baselines`` need no model (see
@@ -35,6 +40,11 @@ class EvalRunConfig:
     batch_size: int = 8
     solvers: list[str] = field(default_factory=lambda: ["euler"])
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10, 20, 40, 50])
+    extra_nfe: dict[str, list[int]] = field(default_factory=dict)
+    teacher: str | None = None
+    teacher_solver: str = "euler"
+    teacher_nfe: int = 40
+    diversity_seeds: int = 0
     metrics: list[str] = field(default_factory=lambda: [m for m in METRICS if m != "clip"])
     require_feature_metrics: bool = False
     inception_path: str = "~/.cache/clean-fid/inception-2015-12-05.pt"
@@ -53,12 +63,13 @@ class EvalRunConfig:
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-eval"))
 
 
-def validate_eval_config(config: EvalRunConfig) -> None:
-    def choices(values: list[str], allowed: tuple[str, ...], key: str) -> None:
-        unknown = [v for v in values if v not in allowed]
-        if unknown:
-            raise ConfigError(f"{key}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+def choices(values: list[str], allowed: tuple[str, ...], key: str) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ConfigError(f"{key}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
 
+
+def validate_eval_config(config: EvalRunConfig) -> None:
     choices([config.benchmark], BENCHMARKS, "benchmark")
     choices(config.metrics, METRICS, "metrics")
     choices(config.solvers, SOLVERS, "solvers")
@@ -82,6 +93,18 @@ def validate_eval_config(config: EvalRunConfig) -> None:
         raise ConfigError("nfe, num_images and batch_size must be positive")
     if (config.task_index is None) != (config.num_tasks is None):
         raise ConfigError("task_index and num_tasks: set both or neither")
+    validate_student_metrics(config)
+
+
+def validate_student_metrics(config: EvalRunConfig) -> None:
+    """The keys that measure few-step students: a teacher reference and diversity over seeds."""
+    if config.diversity_seeds < 0 or config.teacher_nfe < 1:
+        raise ConfigError("diversity_seeds must not be negative and teacher_nfe must be positive")
+    if any(n < 1 for values in config.extra_nfe.values() for n in values):
+        raise ConfigError("extra_nfe: every NFE must be positive")
+    if config.teacher is not None and config.benchmark != "upsampling":
+        raise ConfigError("teacher: teacher_psnr is measured by the upsampling benchmark only")
+    choices([config.teacher_solver], SOLVERS, "teacher_solver")
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EvalRunConfig:

@@ -42,15 +42,22 @@ def model_labels(paths: list[str]) -> list[str]:
 
 
 def sweep_entries(config: EvalRunConfig, labels: list[str]) -> list[Entry]:
-    """Baselines, then every model × solver × NFE the solver can spend exactly (dopri5 once, adaptive)."""
+    """Baselines, then every model × solver × NFE the solver can spend exactly (dopri5 once, adaptive);
+    a model's ``extra_nfe`` join the sweep's NFE list for it alone."""
     entries = [Entry(name) for name in config.baselines]
     for label in labels:
+        budgets = sorted({*config.nfe, *config.extra_nfe.get(label, [])})
         for solver in config.solvers:
             if solver in ADAPTIVE_SOLVERS:
                 entries.append(Entry(label, solver, 0))
                 continue
-            entries += [Entry(label, solver, nfe) for nfe in config.nfe if is_valid_nfe(solver, nfe)]
+            entries += [Entry(label, solver, nfe) for nfe in budgets if is_valid_nfe(solver, nfe)]
     return entries
+
+
+def variant_seed(seed: int, variant: int) -> int:
+    """The seed of the ``variant``-th extra sample of a batch (diversity over seeds)."""
+    return zlib.crc32(f"{seed}:variant:{variant}".encode())
 
 
 def batch_seed(seed: int, keys: list[str]) -> int:

@@ -3,6 +3,11 @@
 An experiment names a data recipe (image folders and encode settings), a base training config and a
 list of *arms* (a name and training overrides each). Every arm trains on the same encoded data with the
 same budget and is evaluated on one held-out set with one seed list.
+
+An override value may name what the experiment makes: ``@ARM`` is that arm's run folder (e.g.
+``train.init_from=@cfm``: a student starts from the teacher arm), ``@pairs`` the teacher pairs of the
+``pairs`` section (made from its teacher arm once that arm is trained). Such an arm trains after the
+arms it names.
 """
 
 from dataclasses import dataclass, field
@@ -24,6 +29,17 @@ class ArmConfig:
 
     name: str = ""
     overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentPairsConfig:
+    """Teacher pairs for student arms (``data.train=@pairs``): ``teacher`` is the arm whose run teaches."""
+
+    teacher: str = ""
+    solver: str = "euler"
+    nfe: int = 40
+    seed: int = 0
+    batch_size: int = 16
 
 
 @dataclass
@@ -53,6 +69,7 @@ class ExperimentConfig:
     train_config: str = "configs/experiments/mini_train.yaml"
     train_overrides: list[str] = field(default_factory=list)
     arms: list[ArmConfig] = field(default_factory=list)
+    pairs: ExperimentPairsConfig | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     cluster: ExperimentClusterConfig = field(default_factory=ExperimentClusterConfig)
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-experiments"))
@@ -85,6 +102,27 @@ class ExperimentConfig:
         return config
 
 
+def references(overrides: list[str]) -> list[str]:
+    """The names an arm's overrides refer to with ``@NAME`` (an arm, or ``pairs``)."""
+    return [value[1:] for _, _, value in (o.partition("=") for o in overrides) if value.startswith("@")]
+
+
+def validate_references(config: ExperimentConfig) -> None:
+    """``@ARM`` names an earlier arm; ``@pairs`` needs a ``pairs`` section whose teacher is an earlier arm."""
+    earlier: list[str] = []
+    for arm in config.arms:
+        for name in references(arm.overrides):
+            if name == "pairs":
+                if config.pairs is None or config.pairs.teacher not in earlier:
+                    raise ConfigError(
+                        f"arms: {arm.name} trains on @pairs, which needs a pairs section whose teacher is "
+                        f"an arm listed before it (arms before it: {earlier})"
+                    )
+            elif name not in earlier:
+                raise ConfigError(f"arms: {arm.name} refers to @{name}, which is not an arm listed before it")
+        earlier.append(arm.name)
+
+
 def validate_experiment_config(config: ExperimentConfig) -> None:
     for key in ("train_images", "eval_images"):
         folders = getattr(config, key)
@@ -94,8 +132,9 @@ def validate_experiment_config(config: ExperimentConfig) -> None:
         if missing:
             raise ConfigError(f"{key}: {missing[0]} is not a folder of images")
     names = [arm.name for arm in config.arms]
-    if not names or any(not name for name in names) or len(set(names)) != len(names):
-        raise ConfigError(f"arms: give each arm a distinct, non-empty name (got {names})")
+    if not names or any(not name for name in names) or len(set(names)) != len(names) or "pairs" in names:
+        raise ConfigError(f"arms: give each arm a distinct, non-empty name other than pairs (got {names})")
+    validate_references(config)
     if config.holdout_every < 0 or config.train_crops_per_image < 1 or config.eval_crops_per_image < 1:
         raise ConfigError("holdout_every must not be negative and the crops per image must be positive")
     if config.cluster.backend not in CLUSTER_BACKENDS:
@@ -105,7 +144,16 @@ def validate_experiment_config(config: ExperimentConfig) -> None:
     validate_first_stage(config.first_stage)
 
 
+IMAGE_FOLDER_KEYS = ("train_images", "eval_images")
+
+
 def load_experiment_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    config = merge_layers(ExperimentConfig, read_layers(path, overrides))
+    """Defaults ← YAML ← overrides; ``train_images=DIR`` (one folder) is taken as ``[DIR]``."""
+    layers = read_layers(path, overrides)
+    for _, layer in layers:
+        for key in IMAGE_FOLDER_KEYS:
+            if isinstance(layer.get(key), str):
+                layer[key] = [layer[key]]
+    config = merge_layers(ExperimentConfig, layers)
     validate_experiment_config(config)
     return config

@@ -12,7 +12,16 @@ from evaluation.entries import Entry
 from evaluation.features import FeatureExtractor
 from evaluation.parts import Part, Sums
 from evaluation.pfid import native_crops, paired_crops
+from fmboost.image_processing import from_uint8
+from fmboost.metrics import psnr
 from fmboost.upsampling_eval import score
+
+
+def diversity(samples: list[torch.Tensor]) -> torch.Tensor:
+    """Per image, the mean over pixels of the standard deviation across seeds (pixels in [0, 1]):
+    0 when every seed gives the same image, as a student that collapsed to the mean does."""
+    stacked = torch.stack([images.float() / 255.0 for images in samples])
+    return stacked.std(dim=0, correction=0).flatten(1).mean(1)
 
 
 class Recorder:
@@ -80,10 +89,14 @@ class Recorder:
         seed: int,
         captions: list[str] | None = None,
         upscale: int | None = None,
+        teacher: torch.Tensor | None = None,
+        variants: list[torch.Tensor] | None = None,
     ) -> None:
         """Add one batch of generated images (uint8) against the real ones; ``timings`` in s per stage.
 
-        ``upscale`` (the factor from the low-res input) sets the band of the detail metrics.
+        ``upscale`` (the factor from the low-res input) sets the band of the detail metrics;
+        ``teacher``: the teacher's images from the same noise (``teacher_psnr``); ``variants``: the same
+        entry's images from other seeds (``diversity``).
         """
         scores: dict[str, float] = {}
         if self.config.benchmark == "upsampling":
@@ -91,6 +104,10 @@ class Recorder:
         if upscale is not None and any(metric in self.metrics for metric in DETAIL_METRICS):
             details = detail_metrics(generated, real, upscale)
             scores |= {name: float(values.sum()) for name, values in details.items() if name in self.metrics}
+        if teacher is not None:
+            scores["teacher_psnr"] = float(psnr(from_uint8(generated), from_uint8(teacher)).sum())
+        if variants:
+            scores["diversity"] = float(diversity([generated, *variants]).sum())
         if self.clip is not None and captions is not None:
             scores["clip"] = float(self.clip(generated, captions).sum())
         batch = Sums(len(generated), sum(timings.values()), nfe_used * len(generated), scores, dict(timings))

@@ -18,6 +18,8 @@ METRIC_TITLES = {
     "pfid_fmboost": "p-FID ↓",
     "pfid_anyres": "p-FID (any-res) ↓",
     "clip": "CLIP ↑",
+    "teacher_psnr": "PSNR to teacher ↑",
+    "diversity": "diversity",
     "seconds_per_image": "s/img",
 }
 COLUMNS = [

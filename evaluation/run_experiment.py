@@ -9,7 +9,9 @@
 2. *Data*: both are encoded with the config's data recipe (``encode``) into latent shards.
 3. *Arms*: each arm trains through ``cluster/submit.py`` (``cluster.backend``: local runs the arms one
    after the other, Slurm in parallel) into ``results_dir/runs/ARM``; a finished arm is skipped, an
-   interrupted one resumes.
+   interrupted one resumes. An arm may start from another arm (``train.init_from=@cfm``) or train on
+   the teacher pairs of the ``pairs`` section (``data.train=@pairs``), made into ``results_dir/pairs``
+   once the teacher arm is trained; it trains after what it names.
 4. *Evaluation*: every arm and baseline on the same held-out latents, seeds and NFE list.
 
 Writes ``results.json`` (``{"arms": {ARM: {"nfe": {N: {metric: value}}}}, "baselines": {NAME: {metric:
@@ -30,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from evaluation.experiment_config import ExperimentConfig, load_experiment_config
+from evaluation.experiment_config import ExperimentConfig, load_experiment_config, references
 from evaluation.report import METRIC_TITLES
 from fmboost.cli import report_errors
 from fmboost.errors import FMBoostError
@@ -104,8 +106,8 @@ def arm_overrides(config: ExperimentConfig, arm, latents: dict[str, Path], run_d
     first_stage = config.first_stage
     return [
         *config.train_overrides,
-        *arm.overrides,
         f"data.train={latents['train']}",
+        *arm.overrides,
         f"data.validation={latents['eval']}",
         f"train.run_dir={run_dir}",
         f"first_stage.name={first_stage.name}",
@@ -114,8 +116,48 @@ def arm_overrides(config: ExperimentConfig, arm, latents: dict[str, Path], run_d
     ]
 
 
-def train_arms(config: ExperimentConfig, latents: dict[str, Path], root: Path) -> dict[str, Path]:
-    """Train every unfinished arm through ``cluster/submit.py``; Slurm arms run at the same time."""
+def make_pairs(config: ExperimentConfig, latents: dict[str, Path], root: Path) -> Path:
+    """The teacher arm's (start, result) pairs over the training latents (resumable)."""
+    from data_pipeline.pairs_config import PairsConfig, validate_pairs_config
+    from data_pipeline.teacher_pairs import run as run_pairs
+
+    settings = config.pairs
+    output = root / "pairs"
+    pairs = PairsConfig(
+        teacher=str(root / "runs" / settings.teacher),
+        input=str(latents["train"]),
+        output=str(output),
+        solver=settings.solver,
+        nfe=settings.nfe,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+    )
+    validate_pairs_config(pairs)
+    logger.info(
+        "pairs: the %s arm's %s %d-NFE results into %s", settings.teacher, pairs.solver, pairs.nfe, output
+    )
+    run_pairs(pairs)
+    return output
+
+
+def resolve_references(overrides: list[str], root: Path, pairs: Path | None) -> list[str]:
+    """``key=@ARM`` → that arm's run folder, ``key=@pairs`` → the pair dataset."""
+    resolved = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value == "@pairs":
+            value = str(pairs)
+        elif value.startswith("@"):
+            value = str(root / "runs" / value[1:])
+        resolved.append(f"{key}={value}")
+    return resolved
+
+
+def train_arms(
+    config: ExperimentConfig, latents: dict[str, Path], root: Path, timings: dict[str, float]
+) -> dict[str, Path]:
+    """Train every unfinished arm through ``cluster/submit.py``; Slurm arms run at the same time, except
+    that an arm waits for the arms (and pairs) it refers to. Time spent on pairs goes to ``timings``."""
     from fmboost.config import load_config
 
     cluster = config.cluster
@@ -130,11 +172,20 @@ def train_arms(config: ExperimentConfig, latents: dict[str, Path], root: Path) -
     ]
     flags += ["--partition", cluster.partition] if cluster.partition else []
     flags += ["--time", str(cluster.time_minutes)] if cluster.time_minutes else []
-    run_dirs, running = {}, []
+    run_dirs, running, pairs = {}, [], None
     for arm in config.arms:
         run_dir = root / "runs" / arm.name
         run_dirs[arm.name] = run_dir
+        named = references(arm.overrides)
+        if named:  # what it names must be finished first
+            while running:
+                wait_for(running.pop())
+        if "pairs" in named and pairs is None:
+            started = time.perf_counter()
+            pairs = make_pairs(config, latents, root)
+            timings["pairs"] = time.perf_counter() - started
         overrides = arm_overrides(config, arm, latents, run_dir)
+        overrides = resolve_references(overrides, root, pairs)
         max_steps = load_config(
             config.train_config, overrides
         ).train.max_steps  # also checks the arm's config
@@ -242,13 +293,13 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     logger.info("images: %d for training, %d held out for evaluation", counts["train"], counts["eval"])
     latents = encode(config, root)
     timings["encode"] = time.perf_counter() - started
-    run_dirs = train_arms(config, latents, root)
-    timings["train"] = time.perf_counter() - started - timings["encode"]
+    run_dirs = train_arms(config, latents, root, timings)
+    timings["train"] = time.perf_counter() - started - timings["encode"] - timings.get("pairs", 0.0)
     eval_config = config.eval_run_config(
         [str(run_dirs[arm.name]) for arm in config.arms], latents["eval"], root / "eval"
     )
     evaluated = evaluate(eval_config)
-    timings["evaluate"] = time.perf_counter() - started - timings["encode"] - timings["train"]
+    timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
     results = tables(evaluated["rows"], [arm.name for arm in config.arms])
     results["settings"] = {"images": counts, "seconds": {k: round(v, 1) for k, v in timings.items()}}
     report(config, root, results, root / "eval", {"arms": [asdict(arm) for arm in config.arms], **counts})
