@@ -168,3 +168,17 @@ def test_a_missing_or_cyclic_base_is_a_clear_error(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
     with pytest.raises(ConfigError, match="extends itself through a cycle"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_the_distillation_configs_are_students_of_the_paper_stage(tmp_path):
+    from data_pipeline.pairs_config import load_pairs_config
+
+    pairs = load_pairs_config(CONFIGS / "distill/pairs_1k.yaml")
+    assert (pairs.teacher, pairs.solver, pairs.nfe) == ("runs/cfm_1k", "euler", 40)
+    teacher = f"train.init_from={tmp_path}"  # the shipped path exists once the teacher is trained
+    reflow = load_config(CONFIGS / "distill/reflow_1k.yaml", [teacher])
+    shortcut = load_config(CONFIGS / "distill/shortcut_1k.yaml", [teacher])
+    assert reflow.data.train == pairs.output and reflow.model == load_config(CONFIGS / "cfm_1k.yaml").model
+    assert (reflow.flow.objective, reflow.flow.nfe, shortcut.flow.trained_nfe) == ("reflow", 1, [1, 2, 4])
+    with pytest.raises(ConfigError, match="train.init_from: runs/cfm_1k does not exist"):
+        load_config(CONFIGS / "distill/reflow_1k.yaml")

@@ -332,3 +332,27 @@ def test_more_images_asked_for_than_the_data_holds_is_a_warning(tmp_path, setup,
     result = run(config, extractor=pixel_features)
     assert any("num_images=1000, but" in r.getMessage() for r in caplog.records)
     assert all(row["images"] == 16 for row in result["rows"])
+
+
+def test_student_metrics_compare_every_entry_with_the_teachers_full_nfe_output_from_the_same_noise(
+    tmp_path, setup
+):
+    latents, stage = setup
+    extra = ["nfe=[1]", "extra_nfe={model: [4]}", "teacher=model", "teacher_nfe=4", "diversity_seeds=1"]
+    config = load_eval_config(
+        None, overrides(latents, stage, tmp_path / "results", *extra, "metrics=[psnr]", "num_images=8")
+    )
+    config.models = [str(stage), str(stage)]  # the same weights twice: labels model and model_1
+    rows = {(row["model"], row["nfe"]): row for row in run(config)["rows"]}
+    assert set(rows) == {("bicubic", 0), ("context", 0), ("model", 1), ("model", 4), ("model_1", 1)}
+    assert "teacher_psnr" not in rows[("model", 4)]  # the reference itself
+    assert rows[("model", 1)]["teacher_psnr"] == rows[("model_1", 1)]["teacher_psnr"]  # same noise
+    assert 10 < rows[("model", 1)]["teacher_psnr"] < 100
+    assert rows[("model", 1)]["diversity"] > 0 and rows[("model", 4)]["diversity"] > 0
+    assert "teacher_psnr" in rows[("bicubic", 0)] and "diversity" not in rows[("bicubic", 0)]
+
+
+def test_an_unknown_teacher_is_named(tmp_path, setup, capsys):
+    latents, stage = setup
+    assert main(overrides(latents, stage, tmp_path / "results", "nfe=[1]", "teacher=cfm")) == 2
+    assert "teacher: cfm is not one of the evaluated models (model)" in capsys.readouterr().err

@@ -128,3 +128,61 @@ def test_the_shipped_experiments_load_with_their_arms_and_valid_training_configs
         load_config(
             config.train_config, [*config.train_overrides, *arm.overrides, "first_stage.path=/weights"]
         )
+
+
+STUDENT_ARMS = (
+    "arms=[{name: cfm, overrides: [flow.objective=cfm]},"
+    " {name: reflow, overrides: [flow.objective=reflow, 'flow.trained_nfe=[1,2]', flow.nfe=1,"
+    " train.init_from=@cfm, data.train=@pairs]},"
+    " {name: shortcut, overrides: [flow.objective=shortcut, 'flow.trained_nfe=[1,2]', flow.nfe=1,"
+    " train.init_from=@cfm]}]"
+)
+
+
+def test_a_fewstep_experiment_trains_students_from_the_teacher_arm_and_its_pairs(tmp_path):
+    write_photos(tmp_path / "train", ["astronaut", "chelsea", "coffee", "rocket"])
+    write_photos(tmp_path / "val", ["colorwheel"])
+    tiny = [o for o in TINY if not o.startswith(("arms=", "evaluation.nfe"))]
+    args = [
+        str(REPO_ROOT / "configs/experiments/fewstep_mini.yaml"),
+        *tiny,
+        STUDENT_ARMS,
+        "pairs.nfe=4",
+        "evaluation.nfe=[1]",
+        "evaluation.extra_nfe={cfm: [4]}",
+        "evaluation.teacher_nfe=4",
+        f"train_images={tmp_path / 'train'}",  # one folder, not a list
+        f"eval_images=[{tmp_path / 'val'}]",
+        f"results_dir={tmp_path / 'results'}",
+    ]
+    assert main(args) == 0
+    root = tmp_path / "results"
+    pairs = json.loads((root / "pairs" / "manifest.json").read_text())["pairs"]
+    assert pairs["teacher"].startswith(str(root / "runs" / "cfm")) and pairs["nfe"] == 4
+    results = json.loads((root / "results.json").read_text())
+    assert {arm: set(values["nfe"]) for arm, values in results["arms"].items()} == {
+        "cfm": {"1", "4"},
+        "reflow": {"1"},
+        "shortcut": {"1"},
+    }
+    for arm in ("reflow", "shortcut"):
+        assert {"teacher_psnr", "diversity", "psnr"} <= set(results["arms"][arm]["nfe"]["1"])
+    assert "teacher_psnr" not in results["arms"]["cfm"]["nfe"]["4"]
+    assert results["settings"]["seconds"]["pairs"] > 0
+
+
+def test_an_arm_may_only_name_arms_before_it_and_pairs_of_an_earlier_teacher(tmp_path):
+    folders = [f"train_images=[{tmp_path}]", f"eval_images=[{tmp_path}]"]
+    fewstep = REPO_ROOT / "configs/experiments/fewstep_mini.yaml"
+    config = load_experiment_config(fewstep, folders)
+    assert [arm.name for arm in config.arms] == [
+        "cfm",
+        "reflow",
+        "shortcut",
+    ] and config.pairs.teacher == "cfm"
+    backwards = "arms=[{name: s, overrides: [train.init_from=@t]}, {name: t}]"
+    with pytest.raises(ConfigError, match="s refers to @t, which is not an arm listed before it"):
+        load_experiment_config(CONFIG, [*folders, backwards])
+    no_teacher = "arms=[{name: s, overrides: [data.train=@pairs]}]"
+    with pytest.raises(ConfigError, match="s trains on @pairs, which needs a pairs section"):
+        load_experiment_config(CONFIG, [*folders, no_teacher])
