@@ -73,10 +73,15 @@ def validate_encode_config(config: EncodeConfig) -> None:
         )
     if config.batch_size < 1 or config.num_workers < 0:
         raise ConfigError("batch_size must be positive and num_workers not negative")
-    if (config.task_index is None) != (config.num_tasks is None):
+    validate_task_split(config.task_index, config.num_tasks)
+
+
+def validate_task_split(task_index: int | None, num_tasks: int | None) -> None:
+    """An explicit share of a sharded job: both keys or neither, and the index inside the count."""
+    if (task_index is None) != (num_tasks is None):
         raise ConfigError("task_index and num_tasks: set both or neither")
-    if config.num_tasks is not None and not 0 <= config.task_index < config.num_tasks:
-        raise ConfigError(f"task_index: {config.task_index} is outside [0, {config.num_tasks})")
+    if num_tasks is not None and not 0 <= task_index < num_tasks:
+        raise ConfigError(f"task_index: {task_index} is outside [0, {num_tasks})")
 
 
 def load_encode_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EncodeConfig:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from data_pipeline.config import EncodeConfig, load_encode_config
+from data_pipeline.job_cli import add_config_arguments, run_from_command_line
 from data_pipeline.latent_encoder import LatentEncoder
 from data_pipeline.manifest import describe_dataset, read_stats, refuse_mixed_settings, update_manifest
 from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
@@ -31,7 +32,6 @@ from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, fingerprint, list_input_shards
 from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.cli import report_errors
-from fmboost.config import to_yaml
 from fmboost.data import shards as schema
 from fmboost.devices import resolve_device
 from fmboost.distributed import task_share
@@ -252,25 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "config", nargs="?", help="encode config YAML (default: the built-in sample settings)"
-    )
-    parser.add_argument("overrides", nargs="*", help="config overrides as key=value")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(parser, "encode config YAML (default: the built-in sample settings)")
     parser.add_argument("--verbose", action="store_true", help="log every rejected sample")
-    args = parser.parse_args(argv)
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path is not None and "=" in config_path:
-        config_path, overrides = None, [config_path, *overrides]
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
-    config = load_encode_config(config_path, overrides)
-    if args.print_config:
-        print(to_yaml(config))
-        return 0
-    run(config)
-    return 0
+    return run_from_command_line(parser, argv, load_encode_config, run)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline.config import validate_task_split
 from fmboost.config import PRECISIONS, merge_layers, read_layers
 from fmboost.errors import ConfigError
 from fmboost.sampling import FIXED_STEP_EVALS, validate_solver
@@ -42,10 +43,7 @@ def validate_pairs_config(config: PairsConfig) -> None:
         raise ConfigError(f"precision: choose one of {', '.join(PRECISIONS)}")
     if config.batch_size < 1:
         raise ConfigError("batch_size: must be positive")
-    if (config.task_index is None) != (config.num_tasks is None):
-        raise ConfigError("task_index and num_tasks: set both or neither")
-    if config.num_tasks is not None and not 0 <= config.task_index < config.num_tasks:
-        raise ConfigError(f"task_index: {config.task_index} is outside [0, {config.num_tasks})")
+    validate_task_split(config.task_index, config.num_tasks)
 
 
 def load_pairs_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PairsConfig:

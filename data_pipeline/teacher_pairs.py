@@ -30,11 +30,11 @@ import torch
 from tqdm import tqdm
 from webdataset import TarWriter
 
+from data_pipeline.job_cli import add_config_arguments, run_from_command_line
 from data_pipeline.manifest import refuse_mixed_settings, update_manifest
 from data_pipeline.pairs_config import PairsConfig, load_pairs_config
 from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.cli import report_errors
-from fmboost.config import to_yaml
 from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, check_compatible, decode_sample, resolve_dataset
 from fmboost.data.streams import raw_samples
@@ -260,20 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="pairs config YAML (configs/distill/pairs_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="config overrides as key=value")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path is not None and "=" in config_path:
-        config_path, overrides = None, [config_path, *overrides]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = load_pairs_config(config_path, overrides)
-    if args.print_config:
-        print(to_yaml(config))
-        return 0
-    run(config)
-    return 0
+    add_config_arguments(parser, "pairs config YAML (configs/distill/pairs_*.yaml)")
+    return run_from_command_line(parser, argv, load_pairs_config, run)
 
 
 if __name__ == "__main__":
