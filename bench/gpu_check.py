@@ -28,7 +28,8 @@ from bench_output import report
 from device_timing import synchronize
 from model_level import model_level
 
-from fmboost.config import FMBoostConfig, load_config
+from fmboost.config import FMBoostConfig
+from fmboost.config_loading import load_config
 from fmboost.devices import resolve_precision
 from fmboost.distributed import DistributedEnv, init_distributed
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample

@@ -20,7 +20,7 @@ from device_timing import synchronize, timed_seconds
 from gpu_check import SMALL_MODEL, engine_step
 from torch.profiler import ProfilerActivity, profile
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.devices import precision_dtype
 from fmboost.distributed import DistributedEnv, init_distributed
 from fmboost.models import FMBoostModel

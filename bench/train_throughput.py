@@ -37,7 +37,8 @@ from model_level import model_level
 from data_pipeline.config import load_encode_config
 from data_pipeline.encode_shards import run as encode
 from data_pipeline.sample_data import build_sample_dataset
-from fmboost.config import FMBoostConfig, load_config
+from fmboost.config import FMBoostConfig
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.models import FMBoostModel
 from fmboost.training.trainer import train

@@ -8,19 +8,56 @@ submitit, which requeues the job; the requeued job resumes from that checkpoint 
 (``train.resume=auto``).
 """
 
+import functools
+import json
 import logging
 import re
 import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import submitit
 
+from fmboost.atomic_files import write_json_atomically
 from fmboost.distributed import DistributedEnv
+from fmboost.errors import FMBoostError
 
 logger = logging.getLogger(__name__)
+ERROR_SUFFIX = "_fmboost_error.json"
+
+
+def error_record_path(folder: Path, job_id: str) -> Path:
+    """Where a job leaves the one-line error a user can fix, for ``submit.py --wait`` to print."""
+    return Path(folder) / f"{job_id}{ERROR_SUFFIX}"
+
+
+def read_error_record(folder: Path, job_id: str) -> FMBoostError | None:
+    path = error_record_path(folder, job_id)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return FMBoostError(record["message"], record.get("parameter"))
+
+
+def records_user_errors(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a job; an :class:`FMBoostError` is written next to submitit's logs and raised again, so the
+    scheduler still sees a failed job while the launcher can show the user one line instead of a trace."""
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except FMBoostError as error:
+            job = submitit.JobEnvironment()
+            record = {"message": error.message, "parameter": error.parameter}
+            write_json_atomically(error_record_path(job.paths.folder, str(job.job_id)), record)
+            raise
+
+    return wrapper
 
 
 def master_port(job_id: str) -> int:
@@ -70,8 +107,9 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __init__(self, config_path: str, overrides: list[str]) -> None:
         self.config_path, self.overrides = config_path, list(overrides)
 
+    @records_user_errors
     def __call__(self) -> dict[str, Any]:
-        from fmboost.config import load_config
+        from fmboost.config_loading import load_config
         from fmboost.train import configure_logging
         from fmboost.training.trainer import train
 
@@ -100,6 +138,7 @@ class EncodeJob:
     def __init__(self, config_path: str, overrides: list[str]) -> None:
         self.config_path, self.overrides = config_path, list(overrides)
 
+    @records_user_errors
     def __call__(self, task_index: int, num_tasks: int) -> dict[str, Any]:
         logging.basicConfig(
             level=logging.INFO, format=f"%(asctime)s [task {task_index}] %(levelname)s %(message)s"
@@ -131,6 +170,7 @@ class EvaluationJob:
     def __init__(self, config_path: str | None, overrides: list[str]) -> None:
         self.config_path, self.overrides = config_path, list(overrides)
 
+    @records_user_errors
     def __call__(self, task_index: int, num_tasks: int) -> dict[str, Any]:
         from evaluation.config import load_eval_config
         from evaluation.run_benchmarks import run

@@ -17,13 +17,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import submitit
 import yaml
 
-from cluster.jobs import EncodeJob, EvaluationJob, PairsJob, TrainingJob
+from cluster.jobs import EncodeJob, EvaluationJob, PairsJob, TrainingJob, read_error_record
 from fmboost.cli import report_errors
-from fmboost.config import load_config, to_yaml
+from fmboost.config import to_yaml
+from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
 from fmboost.tracking import default_tracking_uri
 
@@ -139,6 +141,25 @@ def check_training_data(config) -> None:
             resolve_for_model(config, key)
 
 
+def wait_for_results(job: submitit.Job) -> list[Any]:
+    """Every task's result; a job that failed with an error the user can fix raises that error (one line)
+    instead of submitit's copy of the task's traceback."""
+    try:
+        return job.results()
+    except submitit.core.utils.FailedJobError:
+        recorded = read_error_record(job.paths.folder, str(job.job_id))
+        if recorded is None:
+            raise
+        raise recorded from None
+
+
+def refuse_busy_run_folder(run_dir: Path) -> None:
+    """A run folder held by a live job refuses a second one here, before anything is submitted or written."""
+    from fmboost.training.run_lock import RunFolderLock
+
+    RunFolderLock(run_dir).check_free()
+
+
 def submit_training(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     backend = choose_backend(args.cluster or config.cluster.backend)
@@ -149,6 +170,7 @@ def submit_training(args: argparse.Namespace) -> int:
         print(f"{backend} job parameters: {parameters}")
         return 0
     check_training_data(config)
+    refuse_busy_run_folder(run_dir)
     job_dir = args.job_dir or run_dir / "submitit"
     executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
     executor.update_parameters(**parameters)
@@ -158,8 +180,7 @@ def submit_training(args: argparse.Namespace) -> int:
     tracking_uri = config.logging.tracking_uri or default_tracking_uri(run_dir)
     print(f"MLflow: experiment {config.logging.experiment!r} at {tracking_uri}")
     if args.wait:
-        results = job.results()
-        main_result = results[0] if isinstance(results, list) else results
+        main_result = wait_for_results(job)[0]
         print(f"result: {main_result}")
     return 0
 
@@ -210,7 +231,7 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
     print(f"logs: {jobs[0].paths.folder.parent}")
     if args.wait:
         for job in jobs:
-            print(f"result: {job.result()}")
+            print(f"result: {wait_for_results(job)[0]}")
     return 0
 
 

@@ -158,7 +158,7 @@ def train_arms(
 ) -> dict[str, Path]:
     """Train every unfinished arm through ``cluster/submit.py``; Slurm arms run at the same time, except
     that an arm waits for the arms (and pairs) it refers to. Time spent on pairs goes to ``timings``."""
-    from fmboost.config import load_config
+    from fmboost.config_loading import load_config
 
     cluster = config.cluster
     flags = [

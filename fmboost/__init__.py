@@ -20,13 +20,13 @@ _EXPORTS = {
     "FMBoostModel": "fmboost.models",
     "FMBoostPipeline": "fmboost.pipeline",
     "build_first_stage": "fmboost.first_stage",
-    "load_config": "fmboost.config",
+    "load_config": "fmboost.config_loading",
     "FMBoostError": "fmboost.errors",
 }
 __all__ = ["FMBoostError", "FMBoostModel", "FMBoostPipeline", "build_first_stage", "load_config"]
 
 if TYPE_CHECKING:
-    from fmboost.config import load_config
+    from fmboost.config_loading import load_config
     from fmboost.errors import FMBoostError
     from fmboost.first_stage import build_first_stage
     from fmboost.models import FMBoostModel

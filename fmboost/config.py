@@ -6,14 +6,10 @@ relative to it): the other file is merged first, so a family of configs shares o
 keys, wrong types and invalid choices raise :class:`~fmboost.errors.ConfigError` naming the key,
 before any job starts.
 
-This module is a leaf: it defines the sections and how they merge, and imports no component. Each
-component checks its own section (``validate_unet``, ``validate_flow``, ``validate_first_stage``,
-``validate_training``), called by :func:`validate`.
-
-Example:
-    >>> config = load_config("configs/cfm_1k.yaml", ["train.lr=1e-4", "flow.nfe=20"])
-    >>> config.train.lr
-    0.0001
+This module is a leaf: it defines the sections and how they merge, and imports no component, not even
+inside a function. Each component checks its own section (``validate_unet``, ``validate_flow``,
+``validate_first_stage``, ``validate_training``); :mod:`fmboost.config_loading`, one level up, loads a
+config for a job and composes those checks.
 """
 
 from dataclasses import dataclass, field
@@ -300,38 +296,10 @@ def read_layers(path: str | Path | None, overrides: list[str] | None) -> list[tu
     return layers
 
 
-def merge_config(layers: list[tuple[str, DictConfig | dict]]) -> FMBoostConfig:
-    """Merge named layers onto the training defaults and validate the result."""
-    config = merge_layers(FMBoostConfig, layers)
-    validate(config)
-    return config
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FMBoostConfig:
-    """Defaults ← YAML file ← ``key=value`` overrides, validated."""
-    return merge_config(read_layers(path, overrides))
-
-
 def require(condition: bool, key: str, message: str) -> None:
     """Raise a :class:`ConfigError` naming ``key`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
-
-
-def validate(config: FMBoostConfig) -> None:
-    """Checks that types alone cannot express, each by the component that owns the section.
-
-    The components are imported here, not at the top, so that this module stays a leaf.
-    """
-    from fmboost.first_stage import validate_first_stage
-    from fmboost.models.unet import validate_unet
-    from fmboost.objectives import validate_flow
-    from fmboost.training import validate_training
-
-    validate_flow(config.flow, config.model)
-    validate_unet(config.model)
-    validate_first_stage(config.first_stage)
-    validate_training(config)
 
 
 def to_yaml(config: FMBoostConfig) -> str:

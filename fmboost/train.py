@@ -11,7 +11,7 @@ import logging
 import sys
 
 from fmboost.cli import report_errors
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fmboost.config import FMBoostConfig, load_config, to_flat_dict, to_yaml
+from fmboost.config import FMBoostConfig, to_flat_dict, to_yaml
+from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
 from fmboost.models import FMBoostModel
 

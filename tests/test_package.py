@@ -49,6 +49,15 @@ def test_import_fmboost_is_cheap_and_the_main_names_load_on_first_use():
     assert result.stdout == "True FMBoostModel FMBoostPipeline True\n"
 
 
+def test_the_config_module_imports_no_component_even_inside_a_function():
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "fmboost" / "config.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.startswith("fmboost")} == {"fmboost.errors"}
+
+
 def test_the_config_module_is_a_leaf_that_imports_no_component():
     code = (
         "import sys, fmboost.config; "

@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fmboost.atomic_files import atomic_path, write_json_atomically
-from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConfig, merge_config
+from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConfig, merge_layers
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
-from fmboost.models.unet import UNet
+from fmboost.models.unet import UNet, validate_unet
 from fmboost.objectives import build_objective, validate_flow
 from fmboost.sampling import ODESolution
 from fmboost.tiled_sampling import TiledNet
@@ -246,7 +246,10 @@ class FMBoostModel(nn.Module):
         except json.JSONDecodeError as error:
             raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
         model_section = upgrade_model_section(saved.get("model", {}), saved.get("format_version", 1))
-        config = merge_config([(str(config_path), {"model": model_section, "flow": saved.get("flow", {})})])
+        config = merge_layers(
+            FMBoostConfig, [(str(config_path), {"model": model_section, "flow": saved.get("flow", {})})]
+        )
+        validate_unet(config.model)  # the flow section is checked by the model itself
         with torch.device("meta"):  # the shapes the config implies, without allocating the network
             expected = {name: tuple(t.shape) for name, t in cls.from_config(config).net.state_dict().items()}
         check_stored_shapes(weights_path, expected, config_path.name)

@@ -48,6 +48,25 @@ class RunFolderLock:
         except (OSError, json.JSONDecodeError):
             return {}
 
+    def busy_error(self) -> "RunFolderBusyError":
+        holder = describe_holder(self.read_holder())
+        return RunFolderBusyError(
+            f"{self.path.parent} is in use by another training job ({holder}); "
+            "wait for it, stop it, or choose another train.run_dir",
+            "train.run_dir",
+        )
+
+    def check_free(self) -> None:
+        """Raise :class:`RunFolderBusyError` if a live job holds the folder; creates and changes nothing,
+        so a launcher can refuse a second job before submitting it."""
+        try:
+            with open(self.path) as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+        except FileNotFoundError:
+            return
+        except BlockingIOError:
+            raise self.busy_error() from None
+
     def acquire(self) -> None:
         """Take the lock or raise :class:`RunFolderBusyError` naming the job that holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,12 +75,7 @@ class RunFolderLock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            holder = describe_holder(self.read_holder())
-            raise RunFolderBusyError(
-                f"{self.path.parent} is in use by another training job ({holder}); "
-                "wait for it, stop it, or choose another train.run_dir",
-                "train.run_dir",
-            ) from None
+            raise self.busy_error() from None
         previous = self.read_holder()
         if previous:
             logger.info(

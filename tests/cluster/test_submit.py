@@ -143,3 +143,34 @@ def test_a_missing_training_dataset_is_one_line_before_anything_is_submitted(tmp
         "(give a latent dataset directory or a brace pattern of its shards)"
     )
     assert not (tmp_path / "run").exists()  # no job folder: nothing was submitted
+
+
+def test_a_second_job_on_a_busy_run_folder_is_one_line_before_anything_is_written(tmp_path, capsys):
+    from fmboost.training.run_lock import RunFolderLock
+
+    latents = build_latents(tmp_path)
+    run_dir = tmp_path / "run"
+    arguments = [
+        "--cluster",
+        "local",
+        "--wait",
+        "configs/demo/tiny_cpu.yaml",
+        *training_overrides(latents, run_dir),
+    ]
+    capsys.readouterr()  # the dataset's encoding progress
+    with RunFolderLock(run_dir):  # the first job, still running
+        assert main(arguments) == 2
+        assert [path.name for path in run_dir.iterdir()] == ["run.lock"]  # no submitit folder, no logs
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: train.run_dir: {run_dir} is in use")
+    assert f"pid {os.getpid()}" in error
+
+
+@pytest.mark.slow
+def test_an_error_inside_a_job_comes_out_of_wait_as_its_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    arguments = ["--cluster", "local", "--array", "1", "--wait", "configs/eval/upsampling.yaml"]
+    assert main([*arguments, f"models=[{missing}]", f"results_dir={tmp_path / 'results'}"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {missing} does not exist\n"  # raised in the job, not by the launcher
+    assert list((tmp_path / "results" / "submitit").glob("*/*_fmboost_error.json"))

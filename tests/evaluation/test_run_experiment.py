@@ -119,7 +119,7 @@ def test_an_experiment_without_image_folders_or_with_duplicate_arms_is_refused(t
     ],
 )
 def test_the_shipped_experiments_load_with_their_arms_and_valid_training_configs(tmp_path, name, arms):
-    from fmboost.config import load_config
+    from fmboost.config_loading import load_config
 
     folders = [f"train_images=[{tmp_path}]", f"eval_images=[{tmp_path}]"]
     config = load_experiment_config(REPO_ROOT / f"configs/experiments/{name}.yaml", folders)

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmboost.config import UNetConfig, load_config
+from fmboost.config import UNetConfig
+from fmboost.config_loading import load_config
 from fmboost.models import FMBoostModel
 from fmboost.models.unet import AttentionBlock, ResBlock, UNet, timestep_embedding
 from tests.conftest import REPO_ROOT, tiny_unet_config

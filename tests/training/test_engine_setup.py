@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
 from fmboost.training.engine_setup import deepspeed_config, single_gpu_zero_advice, warmup_schedule
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.training.checkpointing import CheckpointWriteError
 from fmboost.training.trainer import train

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.models import EMA
 from fmboost.training.trainer import train

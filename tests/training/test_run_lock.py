@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.training.run_lock import LOCK_NAME, RunFolderBusyError, RunFolderLock
 from fmboost.training.trainer import train

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from data_pipeline.pairs_config import load_pairs_config
 from data_pipeline.teacher_pairs import run as make_pairs
-from fmboost.config import FlowConfig, load_config
+from fmboost.config import FlowConfig
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
 from fmboost.generate import main as generate

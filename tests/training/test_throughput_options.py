@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fmboost.config import FlowConfig, TrainConfig, load_config
+from fmboost.config import FlowConfig, TrainConfig
+from fmboost.config_loading import load_config
 from fmboost.models import FMBoostModel
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.hot_loop import LossWindow, apply_throughput_options, memory_format

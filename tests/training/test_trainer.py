@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from fmboost.config import load_config
+from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
