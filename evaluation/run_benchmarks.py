@@ -1,10 +1,12 @@
 """Evaluate FMBoost models: FID / p-FID / CLIP score, SSIM/PSNR, NFE sweeps and timings, logged to MLflow.
 
-    python evaluation/run_benchmarks.py [--config configs/eval/<name>.yaml] [key=value ...]
+    python evaluation/run_benchmarks.py [--config configs/eval/<name>.yaml | --full-sweep] [key=value ...]
 
-Without a config it runs the embedded default: the upsampling benchmark (paper Tab. 2) of the demo
-model (``runs/demo``) against its baselines on the sample validation shard. Configs:
-``configs/eval/upsampling.yaml``, ``configs/eval/nfe_sweep.yaml``, ``configs/eval/laion5k_zero_shot.yaml``.
+Without a config it runs the quick evaluation of the demo run (``configs/eval/demo.yaml``, the settings
+``make demo`` uses: the upsampling benchmark of ``runs/demo`` against its baselines on 24 samples of the
+sample validation shard, Euler and midpoint at NFE 1–8); ``--full-sweep`` runs the design's sweep
+(Euler at NFE 1–50 on 64 samples) instead. Configs: ``configs/eval/upsampling.yaml``,
+``configs/eval/nfe_sweep.yaml``, ``configs/eval/laion5k_zero_shot.yaml``.
 
 Outputs in ``results_dir``: ``results.json``, ``results.md`` (a table like the paper's), ``plots/``
 (each metric and seconds per image against NFE), ``samples_grid.png``, and one MLflow run (SQLite in
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from fmboost.data import LatentDataset
 
 logger = logging.getLogger("evaluation")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "eval" / "demo.yaml"
 
 
 def load_metric_models(config: EvalRunConfig, device, extractor=None, clip=None):
@@ -179,14 +183,28 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", help="evaluation config YAML (default: the embedded demo upsampling benchmark)"
+        "--config",
+        help=f"evaluation config YAML (default: {DEMO_EVAL_CONFIG.relative_to(REPO_ROOT)}, the quick "
+        "evaluation of the demo run)",
+    )
+    parser.add_argument(
+        "--full-sweep",
+        action="store_true",
+        help="without --config: the design's full sweep (Euler at NFE 1, 2, 4, 10, 20, 40, 50 on 64 samples) "
+        "instead of the demo's quick settings",
     )
     parser.add_argument(
         "overrides", nargs="*", help="config overrides as key=value, e.g. nfe=[1,4,40] num_images=500"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    result = run(load_eval_config(args.config, args.overrides))
+    quick = args.config is None and not args.full_sweep
+    result = run(load_eval_config(DEMO_EVAL_CONFIG if quick else args.config, args.overrides))
+    if quick:
+        print(
+            f"quick evaluation with the demo's settings ({DEMO_EVAL_CONFIG.relative_to(REPO_ROOT)}); "
+            "--full-sweep runs the design's NFE sweep on 64 samples"
+        )
     if result is not None:
         from evaluation.report import markdown_table
 

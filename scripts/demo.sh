@@ -5,7 +5,7 @@
 #
 # Knobs (environment): FIRST_STAGE=identity|taesd, WEIGHTS=<dir of taef2_*.pth> (taesd), FRESH=1,
 # and for tests DEMO_ROOT (where data/, runs/ and results/ go), STEPS (training steps), EVAL_IMAGES,
-# EVAL_NFE (e.g. "[1,2,4,8]").
+# EVAL_NFE (e.g. "[2]"; the evaluation's settings are otherwise those of configs/eval/demo.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +13,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 ROOT=${DEMO_ROOT:-.}
 FIRST_STAGE=${FIRST_STAGE:-identity}
 STEPS=${STEPS:-300}
-EVAL_IMAGES=${EVAL_IMAGES:-24}
-EVAL_NFE=${EVAL_NFE:-[1,2,4,8]}
+EVAL_OVERRIDES=(${EVAL_IMAGES:+"num_images=$EVAL_IMAGES"} ${EVAL_NFE:+"nfe=$EVAL_NFE"})
 if [ "$FIRST_STAGE" = taesd ]; then
   WEIGHTS=${WEIGHTS:?FIRST_STAGE=taesd needs WEIGHTS=<directory with taef2_encoder.pth and taef2_decoder.pth>}
   ENCODE_CONFIG=configs/encode/sample_taef2.yaml; TRAIN_CONFIG=configs/demo/tiny_cpu_taef2.yaml
@@ -57,9 +56,8 @@ fi
 if [ -f "$RESULTS/results.md" ] && [ "$RESULTS/results.md" -nt "$RUN/checkpoints/latest" ]; then
   echo; echo "=== evaluate: $RESULTS is up to date (FRESH=1 to redo)"; SECONDS_TAKEN[evaluate]=0
 else
-  stage evaluate "$PYTHON" evaluation/run_benchmarks.py "models=[$RUN]" "data=$LATENTS/shards/000004.tar" \
-    "results_dir=$RESULTS" "nfe=$EVAL_NFE" "solvers=[euler,midpoint]" "num_images=$EVAL_IMAGES" \
-    "pfid_crop=32" "anyres_crop=32"
+  stage evaluate "$PYTHON" evaluation/run_benchmarks.py --config configs/eval/demo.yaml "models=[$RUN]" \
+    "data=$LATENTS/shards/000004.tar" "results_dir=$RESULTS" "${EVAL_OVERRIDES[@]}"
 fi
 
 echo

@@ -356,3 +356,22 @@ def test_an_unknown_teacher_is_named(tmp_path, setup, capsys):
     latents, stage = setup
     assert main(overrides(latents, stage, tmp_path / "results", "nfe=[1]", "teacher=cfm")) == 2
     assert "teacher: cfm is not one of the evaluated models (model)" in capsys.readouterr().err
+
+
+def test_without_a_config_the_demo_run_gets_the_demos_quick_evaluation(tmp_path, monkeypatch, capsys):
+    latents = build_latents(tmp_path / "build")
+    (tmp_path / "data" / "latents").mkdir(parents=True)
+    latents.rename(tmp_path / "data" / "latents" / "sample")  # where `make demo` writes them
+    save_tiny_stage(tmp_path / "runs" / "demo", latent_channels=3, first_stage={"name": "identity"})
+    monkeypatch.chdir(tmp_path)
+    assert main(["metrics=[psnr]", "results_dir=quick"]) == 0
+    assert "quick evaluation with the demo's settings (configs/eval/demo.yaml)" in capsys.readouterr().out
+    settings = json.loads((tmp_path / "quick" / "results.json").read_text())["settings"]
+    assert (settings["nfe"], settings["solvers"], settings["num_images"]) == (
+        [1, 2, 4, 8],
+        ["euler", "midpoint"],
+        24,
+    )
+    assert main(["--full-sweep", "metrics=[psnr]", "nfe=[1]", "results_dir=full"]) == 0
+    settings = json.loads((tmp_path / "full" / "results.json").read_text())["settings"]
+    assert (settings["solvers"], settings["num_images"]) == (["euler"], 64)
