@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=120,
         metavar="S",
-        help="seconds before the time limit at which Slurm signals the job to checkpoint (default 120)",
+        help="seconds before the time limit at which Slurm signals the job to checkpoint (default 120); "
+        "training then checks for the signal at least every quarter of it",
     )
     parser.add_argument(
         "--dry-run",
@@ -160,6 +161,15 @@ def refuse_busy_run_folder(run_dir: Path) -> None:
     RunFolderLock(run_dir).check_free()
 
 
+def job_overrides(args: argparse.Namespace, config, backend: str) -> list[str]:
+    """The user's overrides; on Slurm, stop checks at least every quarter of ``--signal-delay``, so the
+    requeue checkpoint is written before the job is killed however slow its steps are."""
+    check_seconds = args.signal_delay / 4
+    if backend == "slurm" and config.train.stop_check_seconds > check_seconds:
+        return [*args.overrides, f"train.stop_check_seconds={check_seconds}"]
+    return list(args.overrides)
+
+
 def submit_training(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     backend = choose_backend(args.cluster or config.cluster.backend)
@@ -174,7 +184,7 @@ def submit_training(args: argparse.Namespace) -> int:
     job_dir = args.job_dir or run_dir / "submitit"
     executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
     executor.update_parameters(**parameters)
-    job = executor.submit(TrainingJob(str(Path(args.config).resolve()), args.overrides))
+    job = executor.submit(TrainingJob(str(Path(args.config).resolve()), job_overrides(args, config, backend)))
     print(f"job id: {job.job_id}")
     print(f"logs: {job.paths.folder}")
     tracking_uri = config.logging.tracking_uri or default_tracking_uri(run_dir)

@@ -143,6 +143,7 @@ class TrainConfig:
     ema_power: float = 0.75
     ema_update_after_step: int = 0
     log_every: int = 50
+    stop_check_seconds: float = 30.0  # a stop request (pre-emption) is honoured within about this time
     validate_every: int = 5000
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3

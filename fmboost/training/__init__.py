@@ -25,6 +25,7 @@ def validate_training(config: FMBoostConfig) -> None:
         "train.init_from",
         f"{train.init_from} does not exist (give an exported stage, a checkpoint or a training run)",
     )
+    require(train.stop_check_seconds > 0, "train.stop_check_seconds", "must be positive")
     for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
         require(getattr(train, key) > 0, f"train.{key}", "must be positive")
     require(config.data.batch_size > 0, "data.batch_size", "must be positive")

@@ -1,9 +1,10 @@
 """What keeps the training step free of host syncs, and the throughput options a GPU user expects.
 
 The loop never reads a device value per step (EDM's ``training_stats`` and DiT's logging do the same):
-:class:`LossWindow` sums the loss on the device and is read at log, checkpoint and final steps only, in
-one all-reduce that also carries the pre-emption flag. A non-finite loss makes that sum non-finite, so it
-is still caught before any checkpoint is written.
+:class:`LossWindow` sums the loss on the device and is read at log, checkpoint and final steps, and at
+the stop checks of :class:`StopCheck` (timed from the measured step time, so that slow steps still
+honour a pre-emption signal in time), in one all-reduce that also carries the pre-emption flag. A
+non-finite loss makes that sum non-finite, so it is still caught before any checkpoint is written.
 
 ``train.channels_last`` feeds the U-Net NHWC batches: cuDNN then runs its convolutions, and so the
 activations, in NHWC. The weights stay contiguous: DeepSpeed broadcasts and flattens them as plain
@@ -18,6 +19,7 @@ MLflow, diffusers and the model's modules, none of which ever becomes garbage.
 
 import gc
 import logging
+import time
 
 import torch
 
@@ -54,12 +56,39 @@ class LossWindow:
         self.total += loss.detach().float()
         self.micro_steps += 1
 
-    def reduce(self, stop_requested: bool) -> tuple[float, bool]:
-        """(loss summed over micro-steps and ranks, whether any rank was asked to stop): one all-reduce."""
-        packed = torch.stack([self.total, torch.tensor(float(stop_requested), device=self.device)])
+    def reduce(self, stop_requested: bool, seconds_per_step: float = 0.0) -> tuple[float, bool, float]:
+        """(loss summed over micro-steps and ranks, whether any rank was asked to stop, the ranks' mean
+        seconds per step): one all-reduce, so every rank gets the same three values."""
+        flags = torch.tensor([float(stop_requested), seconds_per_step], device=self.device)
+        packed = torch.cat([self.total.view(1), flags])
         torch.distributed.all_reduce(packed)
-        loss_sum, stops = packed.tolist()
-        return loss_sum, stops > 0
+        loss_sum, stops, seconds = packed.tolist()
+        return loss_sum, stops > 0, seconds / torch.distributed.get_world_size()
+
+
+class StopCheck:
+    """When the ranks next agree on a stop request: often enough that a pre-emption signal is honoured
+    within about ``check_seconds`` however long a step takes, derived from the step time all ranks
+    measured (so they all pick the same step), and never later than the next log step. The first check
+    comes after the first step, before anything is known about the step time."""
+
+    def __init__(self, check_seconds: float, first_step: int) -> None:
+        self.check_seconds = check_seconds
+        self.next_step = first_step + 1
+        self.last_step, self.last_time = first_step, time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def seconds_per_step(self, step: int) -> float:
+        """This rank's wall time per step since the last check."""
+        return (time.perf_counter() - self.last_time) / max(step - self.last_step, 1)
+
+    def checked(self, step: int, seconds_per_step: float, log_every: int) -> None:
+        """Plan the next check from the agreed step time."""
+        steps = int(self.check_seconds / seconds_per_step) if seconds_per_step > 0 else log_every
+        self.next_step = step + min(max(steps, 1), log_every)
+        self.last_step, self.last_time = step, time.perf_counter()
 
 
 def memory_format(settings: TrainConfig) -> torch.memory_format:

@@ -31,7 +31,7 @@ from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_engine
-from fmboost.training.hot_loop import LossWindow, freeze_setup_objects, memory_format
+from fmboost.training.hot_loop import LossWindow, StopCheck, freeze_setup_objects, memory_format
 from fmboost.training.init_from import load_initial_weights
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
@@ -204,6 +204,7 @@ def train_in_run_folder(
     global_batch = config.data.batch_size * env.world_size
     layout = memory_format(settings)
     window, window_start = LossWindow(device, state.step), time.perf_counter()
+    stop_check = StopCheck(settings.stop_check_seconds, state.step)
     last_saved_step = state.step if resume_from is not None else -1
     status = "finished"
     while state.step < settings.max_steps:
@@ -226,10 +227,18 @@ def train_in_run_folder(
         state.step += 1
         ema.update(engine.module)  # after the optimizer step, so the average holds the new weights
 
-        # Log, checkpoint and final steps are the loop's only host syncs: one all-reduce carries the
-        # loss (non-finite if any loss was) and the stop flag.
-        if logging_step or state.step % settings.checkpoint_every == 0 or state.step == settings.max_steps:
-            loss_sum, stop = window.reduce(stop_requested.is_set())
+        # Log, checkpoint, final and stop-check steps are the loop's only host syncs: one all-reduce
+        # carries the loss (non-finite if any loss was), the stop flag and the measured step time.
+        if (
+            logging_step
+            or state.step % settings.checkpoint_every == 0
+            or state.step == settings.max_steps
+            or stop_check.due(state.step)
+        ):
+            loss_sum, stop, seconds_per_step = window.reduce(
+                stop_requested.is_set(), stop_check.seconds_per_step(state.step)
+            )
+            stop_check.checked(state.step, seconds_per_step, settings.log_every)
             if not math.isfinite(loss_sum):
                 first, last = window.first_step, state.step - 1
                 when = f"at step {first}" if first == last else f"between steps {first} and {last}"

@@ -8,7 +8,7 @@ from fmboost.config import FlowConfig, TrainConfig
 from fmboost.config_loading import load_config
 from fmboost.models import FMBoostModel
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
-from fmboost.training.hot_loop import LossWindow, apply_throughput_options, memory_format
+from fmboost.training.hot_loop import LossWindow, StopCheck, apply_throughput_options, memory_format
 from tests.conftest import REPO_ROOT, tiny_unet_config
 from tests.training.helpers import TINY_MODEL
 
@@ -71,5 +71,18 @@ def test_the_loss_window_sums_on_the_device_and_reads_once(monkeypatch):
     for value in (1.0, 2.0, float("nan")):
         window.add(torch.tensor(value))
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: tensor)  # a world of one rank
-    loss_sum, stop = window.reduce(stop_requested=True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1)
+    loss_sum, stop, seconds = window.reduce(stop_requested=True, seconds_per_step=0.25)
     assert loss_sum != loss_sum and stop and window.micro_steps == 3  # NaN survives the sum
+    assert seconds == 0.25
+
+
+def test_the_stop_check_comes_after_the_first_step_then_every_check_seconds_of_steps():
+    check = StopCheck(check_seconds=10.0, first_step=100)  # a resumed run
+    assert not check.due(100) and check.due(101)
+    check.checked(101, seconds_per_step=3.0, log_every=50)
+    assert check.next_step == 104  # three 3-second steps fit in 10 s
+    check.checked(104, seconds_per_step=60.0, log_every=50)
+    assert check.next_step == 105  # slower than the check time: every step
+    check.checked(105, seconds_per_step=0.001, log_every=50)
+    assert check.next_step == 155  # fast steps: the log steps suffice

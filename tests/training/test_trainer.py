@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.models import FMBoostModel
+from fmboost.models import EMA, FMBoostModel
 from fmboost.objectives import CouplingFlowMatching
 from fmboost.training.trainer import NonFiniteLossError, train
 from tests.conftest import REPO_ROOT
@@ -221,3 +222,29 @@ def test_training_refuses_shards_whose_stored_context_is_another_psu_variant(tmp
     with pytest.raises(FMBoostError, match="made with psu_roundtrip .* but flow.upsampling is psu_pixel"):
         train(config, DistributedEnv())
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_stop_request_is_honoured_within_the_check_time_even_when_log_steps_are_far_apart(
+    tmp_path, latents, monkeypatch
+):
+    """Slow steps (0.2 s each here) and a log step 1000 steps away: waiting for it would take minutes,
+    far past a Slurm signal delay; the stop check, timed from the measured step time, saves in time."""
+    original_update = EMA.update
+
+    def slow_update(self, model):
+        time.sleep(0.2)
+        original_update(self, model)
+
+    monkeypatch.setattr(EMA, "update", slow_update)
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(
+        latents, run_dir, max_steps=1000, log_every=1000, checkpoint_every=1000, validate_every=1000
+    )
+    config = load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", [*overrides, "train.stop_check_seconds=1"])
+    stop = threading.Event()
+    threading.Timer(3.0, stop.set).start()
+    started = time.perf_counter()
+    result = train(config, DistributedEnv(), stop)
+    assert result.status == "preempted" and result.step < 40
+    assert time.perf_counter() - started < 60
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{result.step:08d}"
