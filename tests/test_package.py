@@ -54,7 +54,9 @@ def test_the_config_module_imports_no_component_even_inside_a_function():
 
     tree = ast.parse((REPO_ROOT / "fmboost" / "config.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     assert {name for name in imported if name.startswith("fmboost")} == {"fmboost.errors"}
 
 

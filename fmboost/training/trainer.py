@@ -27,6 +27,7 @@ from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, ini
 from fmboost.errors import FMBoostError
 from fmboost.first_stage import build_first_stage
 from fmboost.models import EMA, FMBoostModel
+from fmboost.objectives import STUDENT_OBJECTIVES
 from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
@@ -73,8 +74,6 @@ def build_validator(config: FMBoostConfig, device: torch.device) -> Validator | 
 def record_teacher(flow: FlowConfig, manifest: Manifest, initialised_from: Path | None) -> None:
     """A student records the stage it learns from (exported with it): the teacher of its pair shards,
     else the stage it was initialised from."""
-    from fmboost.objectives import STUDENT_OBJECTIVES
-
     if flow.objective in STUDENT_OBJECTIVES and flow.teacher is None:
         teacher = (manifest.pairs or {}).get("teacher") or initialised_from
         flow.teacher = str(teacher) if teacher is not None else None
