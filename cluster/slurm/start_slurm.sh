@@ -4,7 +4,7 @@
 # munged + [mariadbd + slurmdbd] + slurmctld + N slurmd daemons (Debian's slurmd is built with --enable-multiple-slurmd, so n1..nN all run on this host).
 #
 # Idempotent: installs packages only if missing, does nothing if the cluster it
-# started earlier is still up, and restarts cleanly if it is half up.
+# started earlier is still up, and otherwise starts from empty job state and accounting.
 # Every daemon's PID is recorded in $SLURM_LOCAL_DIR/run/pids for stop_slurm.sh.
 #
 # Environment knobs (all optional):
@@ -84,6 +84,10 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   log "installed ($(slurmd -V))"
 fi
 
+# A cluster that is not up starts empty: job state saved by daemons that are gone (a machine image
+# taken mid-run, a killed CI) would come back as RUNNING jobs that hold the nodes for minutes, and
+# the accounting DB must forget them too so that job IDs and sacct agree.
+rm -rf "$BASE"/{ctld,spool,mysql}
 mkdir -p "$BASE"/{run,log,ctld,spool} /etc/slurm
 : >"$PIDS"
 
