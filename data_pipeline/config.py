@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipeline.degradation import DegradationConfig, validate_degradation
 from fmboost.config import PRECISIONS, FirstStageConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
 from fmboost.first_stage import FIRST_STAGES
@@ -32,6 +33,7 @@ class EncodeConfig:
     high_res: int = 64
     low_res: int = 32
     psu_variant: str = "psu_roundtrip"
+    degradation: DegradationConfig | None = None
     crop: str = "center"
     small_images: str = "reject"
     max_aspect_ratio: float | None = None
@@ -74,6 +76,8 @@ def validate_encode_config(config: EncodeConfig) -> None:
     if config.batch_size < 1 or config.num_workers < 0:
         raise ConfigError("batch_size must be positive and num_workers not negative")
     validate_task_split(config.task_index, config.num_tasks)
+    if config.degradation is not None:
+        validate_degradation(config.degradation)
 
 
 def validate_task_split(task_index: int | None, num_tasks: int | None) -> None:

@@ -78,6 +78,8 @@ def encode_shard(
         config.max_aspect_ratio,
         config.seed,
         config.crops_per_image,
+        config.low_res,
+        config.degradation,
     )
     loader = DataLoader(
         ShardSamples(shard, settings),
@@ -102,7 +104,11 @@ def encode_shard(
                 elif isinstance(item, Prepared):
                     prepared.append(item)
             if prepared:
-                arrays = encoder.encode(torch.stack([item.pixels for item in prepared]))
+                degraded = prepared[0].low_pixels is not None
+                arrays = encoder.encode(
+                    torch.stack([item.pixels for item in prepared]),
+                    torch.stack([item.low_pixels for item in prepared]) if degraded else None,
+                )
                 for index, item in enumerate(prepared):
                     if not finite(arrays, index):
                         stats.reject(item.key, Reason.NON_FINITE_LATENT, "latent overflows float16")
@@ -229,6 +235,9 @@ EPILOG = """config keys (override any with key=value):
   high_res          high-res crop size in pixels (latent = high_res / factor)
   low_res           low-res size in pixels, an antialiased downsample of the high-res crop
   psu_variant       psu_roundtrip (E(UP(D(E(x_low)))), default) or psu_pixel (E(UP(x_low)))
+  degradation       null (clean low-res images, default) or Real-ESRGAN's degradation model for the
+                    low-res image only: degradation={} takes its published ranges, keys such as
+                    degradation.first.jpeg_range=[60,95] change them (see data_pipeline/degradation.py)
   crop              center | random (random is fixed per key and seed)
   small_images      reject | upscale images whose short side is below high_res
   max_aspect_ratio  reject images with long/short side above this (default: keep all)
@@ -238,7 +247,7 @@ EPILOG = """config keys (override any with key=value):
   num_workers       DataLoader processes that decode and crop images
   device            auto | cpu | cuda | cuda:N
   precision         auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
-  seed              seed of random crops
+  seed              seed of random crops and of the degradations (per sample, with its key)
   task_index, num_tasks
                     split of the input shards over tasks (default: from Slurm, else 0 of 1)
 """

@@ -14,7 +14,8 @@ from fmboost.upsampling import upsample_latents
 class LatentEncoder:
     """``encode(uint8 crops)`` → unscaled ``latent``, ``latent_lowres`` and ``latent_psu`` arrays (float32).
 
-    Precision ``auto`` means bf16 autocast on CUDA and fp32 on CPU.
+    The low-res image is an antialiased downsample of the crop, or the given (degraded) ``low_crops``;
+    the context is built from it. Precision ``auto`` means bf16 autocast on CUDA and fp32 on CPU.
     """
 
     def __init__(
@@ -31,9 +32,12 @@ class LatentEncoder:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
-    def encode(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
+    def encode(self, crops: torch.Tensor, low_crops: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         high = from_uint8(crops.to(self.device, non_blocking=True))
-        low = resize_images(high, (self.low_res, self.low_res)).clamp(-1, 1)
+        if low_crops is None:
+            low = resize_images(high, (self.low_res, self.low_res)).clamp(-1, 1)
+        else:
+            low = from_uint8(low_crops.to(self.device, non_blocking=True))
         factor = high.shape[-1] // self.low_res
         with self.autocast():
             latent = self.first_stage.encode(high)

@@ -65,6 +65,8 @@ def describe_dataset(config: EncodeConfig, first_stage: FirstStage, shards: list
             "max_aspect_ratio": config.max_aspect_ratio,
             "seed": config.seed,
             "jpeg_quality": config.jpeg_quality,
+            # only when set, so datasets encoded before degradations existed keep their identity
+            **({"degradation": asdict(config.degradation)} if config.degradation is not None else {}),
         },
     )
 

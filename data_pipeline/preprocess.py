@@ -3,7 +3,8 @@
 Runs in DataLoader worker processes. Steps: decode (:func:`fmboost.image_decoding.decode_image`, the
 one decoder every entry point shares), filter by size and aspect ratio,
 resize the short side to ``high_res`` (PIL's antialiased bicubic) and crop a square, centred or at a
-position derived from the key (so reruns crop identically).
+position derived from the key (so reruns crop identically), and, with a degradation model, make the
+degraded low-res image (seeded by the key, so reruns degrade identically).
 """
 
 import copy
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_pipeline.degradation import DegradationConfig, degrade, sample_seed
 from data_pipeline.sources import IMAGE_EXTENSIONS, RawSample
 from fmboost.image_decoding import DecodeFailure, ImageRejected, decode_image
 
@@ -45,13 +47,15 @@ class Rejected:
 
 @dataclass
 class Prepared:
-    """A high-res crop as uint8 [3, S, S], with the caption and the metadata to store."""
+    """A high-res crop as uint8 [3, S, S], with the caption and the metadata to store; ``low_pixels`` is
+    its degraded low-res image (``None``: the encoder downsamples the crop cleanly)."""
 
     key: str
     pixels: torch.Tensor
     caption: str
     metadata: dict[str, Any]
     upscaled: bool
+    low_pixels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class PreprocessSettings:
     max_aspect_ratio: float | None = None
     seed: int = 0
     crops_per_image: int = 1
+    low_res: int | None = None
+    degradation: DegradationConfig | None = None
 
 
 def seeded_offset(key: str, slack: int, seed: int, salt: str = "") -> int:
@@ -181,5 +187,11 @@ def preprocess(sample: RawSample, settings: PreprocessSettings, shard_name: str)
             "upscaled": upscaled,
         }
         pixels = torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
-        prepared.append(Prepared(key, pixels, caption, metadata, upscaled))
+        low_pixels = None
+        if settings.degradation is not None:
+            factor = settings.high_res // settings.low_res
+            seed = sample_seed(settings.seed, key)
+            low_pixels, record = degrade(pixels, factor, settings.degradation, seed)
+            metadata["fmboost"]["degradation"] = record
+        prepared.append(Prepared(key, pixels, caption, metadata, upscaled, low_pixels))
     return prepared
