@@ -6,8 +6,13 @@ same budget and is evaluated on one held-out set with one seed list.
 
 An override value may name what the experiment makes: ``@ARM`` is that arm's run folder (e.g.
 ``train.init_from=@cfm``: a student starts from the teacher arm), ``@pairs`` the teacher pairs of the
-``pairs`` section (made from its teacher arm once that arm is trained). Such an arm trains after the
-arms it names.
+``pairs`` section (made from its teacher arm once that arm is trained), ``@degraded_latents`` the
+training images encoded with the ``degradation`` section. Such an arm trains after the arms it names.
+
+``degradation`` (Real-ESRGAN's model, :mod:`data_pipeline.degradation`; ``null``: none) degrades the
+low-res side of the evaluation images, with the recipe's seed so every arm sees the same inputs, and
+of a second encoding of the training images (``@degraded_latents``); the plain training data stays
+clean.
 """
 
 from dataclasses import dataclass, field
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.config import EncodeConfig, validate_encode_config
+from data_pipeline.degradation import DegradationConfig, validate_degradation
 from evaluation.config import EvalRunConfig, validate_eval_config
 from fmboost.config import FirstStageConfig, LoggingConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
@@ -64,6 +70,7 @@ class ExperimentConfig:
     results_dir: str = "results/experiment"
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
     encode: dict[str, Any] = field(default_factory=dict)
+    degradation: DegradationConfig | None = None
     train_crops_per_image: int = 1
     eval_crops_per_image: int = 1
     train_config: str = "configs/experiments/mini_train.yaml"
@@ -75,10 +82,10 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(experiment="fmboost-experiments"))
 
     def encode_config(
-        self, images: Path, output: Path, crops_per_image: int, seed: int, save_images: bool
+        self, images: Path, output: Path, crops_per_image: int, seed: int, save_images: bool, degraded: bool
     ) -> EncodeConfig:
         """The data recipe applied to one image folder (``save_images``: keep the pixels as ground truth,
-        whatever the recipe says)."""
+        whatever the recipe says; ``degraded``: with the experiment's degradation)."""
         settings = {**self.encode, "input": str(images), "output": str(output)}
         settings |= {"crops_per_image": crops_per_image, "seed": seed}
         if save_images:
@@ -86,6 +93,7 @@ class ExperimentConfig:
         config = merge_layers(
             EncodeConfig, [("encode", settings), ("first_stage", {"first_stage": self.first_stage})]
         )
+        config.degradation = self.degradation if degraded else None
         validate_encode_config(config)
         return config
 
@@ -102,8 +110,12 @@ class ExperimentConfig:
         return config
 
 
+DEGRADED = "degraded_latents"
+RESERVED_NAMES = ("pairs", DEGRADED)
+
+
 def references(overrides: list[str]) -> list[str]:
-    """The names an arm's overrides refer to with ``@NAME`` (an arm, or ``pairs``)."""
+    """The names an arm's overrides refer to with ``@NAME`` (an arm, ``pairs``, ``degraded_latents``)."""
     return [value[1:] for _, _, value in (o.partition("=") for o in overrides) if value.startswith("@")]
 
 
@@ -112,7 +124,12 @@ def validate_references(config: ExperimentConfig) -> None:
     earlier: list[str] = []
     for arm in config.arms:
         for name in references(arm.overrides):
-            if name == "pairs":
+            if name == DEGRADED:
+                if config.degradation is None:
+                    raise ConfigError(
+                        f"arms: {arm.name} trains on @{DEGRADED}, which needs a degradation section"
+                    )
+            elif name == "pairs":
                 if config.pairs is None or config.pairs.teacher not in earlier:
                     raise ConfigError(
                         f"arms: {arm.name} trains on @pairs, which needs a pairs section whose teacher is "
@@ -132,8 +149,12 @@ def validate_experiment_config(config: ExperimentConfig) -> None:
         if missing:
             raise ConfigError(f"{key}: {missing[0]} is not a folder of images")
     names = [arm.name for arm in config.arms]
-    if not names or any(not name for name in names) or len(set(names)) != len(names) or "pairs" in names:
-        raise ConfigError(f"arms: give each arm a distinct, non-empty name other than pairs (got {names})")
+    reserved = set(names) & set(RESERVED_NAMES)
+    if not names or any(not name for name in names) or len(set(names)) != len(names) or reserved:
+        raise ConfigError(
+            f"arms: give each arm a distinct, non-empty name other than {' and '.join(RESERVED_NAMES)} "
+            f"(got {names})"
+        )
     validate_references(config)
     if config.holdout_every < 0 or config.train_crops_per_image < 1 or config.eval_crops_per_image < 1:
         raise ConfigError("holdout_every must not be negative and the crops per image must be positive")
@@ -142,6 +163,8 @@ def validate_experiment_config(config: ExperimentConfig) -> None:
     if not Path(config.train_config).is_file():
         raise ConfigError(f"train_config: {config.train_config} does not exist")
     validate_first_stage(config.first_stage)
+    if config.degradation is not None:
+        validate_degradation(config.degradation)
 
 
 IMAGE_FOLDER_KEYS = ("train_images", "eval_images")

@@ -6,7 +6,10 @@
 1. *Images*: the training folders minus every ``holdout_every``-th image (sorted) are linked under
    ``results_dir/images/train``; the evaluation folders plus those held-out images under ``images/eval``.
    No evaluation image (or crop of one) is ever trained on.
-2. *Data*: both are encoded with the config's data recipe (``encode``) into latent shards.
+2. *Data*: both are encoded with the config's data recipe (``encode``) into latent shards. With a
+   ``degradation`` section the evaluation images' low-res side is degraded (fixed seed), and the
+   training images are encoded a second time, degraded, into ``latents/train_degraded``
+   (``data.train=@degraded_latents``).
 3. *Arms*: each arm trains through ``cluster/submit.py`` (``cluster.backend``: local runs the arms one
    after the other, Slurm in parallel) into ``results_dir/runs/ARM``; a finished arm is skipped, an
    interrupted one resumes. An arm may start from another arm (``train.init_from=@cfm``) or train on
@@ -32,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from evaluation.experiment_config import ExperimentConfig, load_experiment_config, references
+from evaluation.experiment_config import DEGRADED, ExperimentConfig, load_experiment_config, references
 from evaluation.report import METRIC_TITLES
 from fmboost.cli import report_errors
 from fmboost.errors import FMBoostError
@@ -82,14 +85,18 @@ def encode(config: ExperimentConfig, root: Path) -> dict[str, Path]:
     """Latent shards of the training and the evaluation images (resumable: complete shards are kept)."""
     from data_pipeline.encode_shards import run as encode_shards
 
+    degraded = config.degradation is not None
     latents = {}
-    for split, crops, seed in (
-        ("train", config.train_crops_per_image, 0),
-        ("eval", config.eval_crops_per_image, 1),
+    for split, images, crops, seed, degrade in (
+        ("train", "train", config.train_crops_per_image, 0, False),
+        ("eval", "eval", config.eval_crops_per_image, 1, degraded),
+        *([("train_degraded", "train", config.train_crops_per_image, 0, True)] if degraded else []),
     ):
         output = root / "latents" / split
-        encode_config = config.encode_config(root / "images" / split, output, crops, seed, split == "eval")
-        logger.info("encoding the %s images into %s", split, output)
+        encode_config = config.encode_config(
+            root / "images" / images, output, crops, seed, split == "eval", degrade
+        )
+        logger.info("encoding the %s images into %s%s", images, output, " (degraded)" if degrade else "")
         encode_shards(encode_config)
         latents[split] = output
     return latents
@@ -141,12 +148,15 @@ def make_pairs(config: ExperimentConfig, latents: dict[str, Path], root: Path) -
 
 
 def resolve_references(overrides: list[str], root: Path, pairs: Path | None) -> list[str]:
-    """``key=@ARM`` → that arm's run folder, ``key=@pairs`` → the pair dataset."""
+    """``key=@ARM`` → that arm's run folder, ``key=@pairs`` → the pair dataset,
+    ``key=@degraded_latents`` → the degraded training latents."""
     resolved = []
     for override in overrides:
         key, _, value = override.partition("=")
         if value == "@pairs":
             value = str(pairs)
+        elif value == f"@{DEGRADED}":
+            value = str(root / "latents" / "train_degraded")
         elif value.startswith("@"):
             value = str(root / "runs" / value[1:])
         resolved.append(f"{key}={value}")
@@ -176,7 +186,7 @@ def train_arms(
     for arm in config.arms:
         run_dir = root / "runs" / arm.name
         run_dirs[arm.name] = run_dir
-        named = references(arm.overrides)
+        named = [name for name in references(arm.overrides) if name != DEGRADED]  # encoded already
         if named:  # what it names must be finished first
             while running:
                 wait_for(running.pop())

@@ -186,3 +186,58 @@ def test_an_arm_may_only_name_arms_before_it_and_pairs_of_an_earlier_teacher(tmp
     no_teacher = "arms=[{name: s, overrides: [data.train=@pairs]}]"
     with pytest.raises(ConfigError, match="s trains on @pairs, which needs a pairs section"):
         load_experiment_config(CONFIG, [*folders, no_teacher])
+
+
+DEGRADED_ARMS = (
+    "arms=[{name: clean, overrides: [flow.objective=cfm]},"
+    " {name: finetuned, overrides: [flow.objective=cfm, train.init_from=@clean,"
+    " data.train=@degraded_latents]}]"
+)
+
+
+def test_a_degraded_4x_experiment_fine_tunes_on_degraded_pairs_and_evaluates_on_degraded_inputs(tmp_path):
+    write_photos(tmp_path / "train", ["astronaut", "chelsea", "coffee", "rocket"])
+    write_photos(tmp_path / "val", ["colorwheel"])
+    tiny = [o for o in TINY if not o.startswith(("arms=", "evaluation.nfe", "encode.low_res", "train_ov"))]
+    training = [*TINY_TRAINING, "flow.scale_factor=4"]
+    args = [
+        str(REPO_ROOT / "configs/experiments/sr4x_degraded_mini.yaml"),
+        *tiny,
+        "encode.low_res=8",
+        "train_overrides=[" + ", ".join(f"'{o}'" for o in training) + "]",
+        DEGRADED_ARMS,
+        "evaluation.nfe=[1]",
+        f"train_images=[{tmp_path / 'train'}]",
+        f"eval_images=[{tmp_path / 'val'}]",
+        f"results_dir={tmp_path / 'results'}",
+    ]
+    assert main(args) == 0
+    root = tmp_path / "results"
+    manifests = {
+        split: json.loads((root / "latents" / split / "manifest.json").read_text())
+        for split in ("train", "train_degraded", "eval")
+    }
+    assert "degradation" not in manifests["train"]["preprocessing"]
+    assert manifests["train_degraded"]["preprocessing"]["degradation"]["final_sinc_prob"] == 0.8
+    assert "degradation" in manifests["eval"]["preprocessing"]  # every arm sees the same degraded inputs
+    assert manifests["eval"]["low_res"] * 4 == manifests["eval"]["high_res"]
+    finetuned = (root / "runs" / "finetuned" / "config.yaml").read_text()
+    assert f"init_from: {root / 'runs' / 'clean'}" in finetuned
+    assert str(root / "latents" / "train_degraded") in finetuned
+    results = json.loads((root / "results.json").read_text())
+    assert set(results["arms"]) == {"clean", "finetuned"} and set(results["baselines"]) == {
+        "bicubic",
+        "context",
+    }
+
+
+def test_the_shipped_sr4x_experiment_has_the_issues_arms_and_degraded_latents_need_a_degradation(tmp_path):
+    folders = [f"train_images=[{tmp_path}]", f"eval_images=[{tmp_path}]"]
+    config = load_experiment_config(REPO_ROOT / "configs/experiments/sr4x_degraded_mini.yaml", folders)
+    assert [arm.name for arm in config.arms] == ["clean", "finetuned", "degraded", "l2"]
+    assert config.degradation is not None and config.encode["high_res"] == 4 * config.encode["low_res"]
+    plain = "arms=[{name: a, overrides: [data.train=@degraded_latents]}]"
+    with pytest.raises(ConfigError, match="a trains on @degraded_latents, which needs a degradation section"):
+        load_experiment_config(CONFIG, [*folders, plain])
+    with pytest.raises(ConfigError, match="other than pairs and degraded_latents"):
+        load_experiment_config(CONFIG, [*folders, "arms=[{name: degraded_latents}]"])
