@@ -183,3 +183,15 @@ def test_the_distillation_configs_are_students_of_the_paper_stage(tmp_path):
     assert (reflow.flow.objective, reflow.flow.nfe, shortcut.flow.trained_nfe) == ("reflow", 1, [1, 2, 4])
     with pytest.raises(ConfigError, match="train.init_from: runs/cfm_1k does not exist"):
         load_config(CONFIGS / "distill/reflow_1k.yaml")
+
+
+def test_the_4x_configs_fine_tune_the_paper_stage_on_degraded_16_to_64_latents(tmp_path):
+    from data_pipeline.config import load_encode_config
+
+    encode = load_encode_config(CONFIGS / "encode/laion_sr4x_512.yaml")
+    assert (encode.high_res, encode.low_res) == (512, 128) and encode.degradation is not None
+    stage = load_config(CONFIGS / "sr4x_512.yaml", [f"train.init_from={tmp_path}"])
+    assert stage.flow.scale_factor == 4 and stage.model == load_config(CONFIGS / "cfm_1k.yaml").model
+    assert load_config(CONFIGS / "sr4x_512.yaml", ["train.init_from=null"]).train.init_from is None
+    with pytest.raises(ConfigError, match="train.init_from: runs/cfm_1k does not exist"):
+        load_config(CONFIGS / "sr4x_512.yaml")
