@@ -24,6 +24,9 @@ class EvalRunConfig:
     reference of ``teacher_psnr`` for every entry. ``diversity_seeds`` extra seeds per image give
     ``diversity`` (0: not measured). ``extra_nfe`` adds NFE values for single models (``{cfm: [40]}``).
 
+    ``require_degraded``: the data must have been encoded with a degradation model (the degraded
+    benchmark, ``configs/eval/sr4x_degraded.yaml``), so that clean latents are never reported as degraded.
+
     ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
     default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
     stages, applied in order after ``base``. ``baselines`` need no model (see
@@ -36,6 +39,7 @@ class EvalRunConfig:
     models: list[str] = field(default_factory=lambda: [DEMO_RUN])
     baselines: list[str] = field(default_factory=lambda: ["bicubic", "context", "latent_bilinear"])
     data: str = "data/latents/sample/shards/000004.tar"
+    require_degraded: bool = False
     num_images: int = 64
     batch_size: int = 8
     solvers: list[str] = field(default_factory=lambda: ["euler"])

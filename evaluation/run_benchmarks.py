@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from evaluation.config import FEATURE_METRICS, EvalRunConfig, load_eval_config
 from fmboost.cli import report_errors
-from fmboost.errors import FMBoostError, WeightsError
+from fmboost.errors import ConfigError, FMBoostError, WeightsError
 
 if TYPE_CHECKING:
     from fmboost.data import LatentDataset
@@ -84,6 +84,19 @@ def warn_if_fewer_images(num_images: int, dataset: "LatentDataset", data: str) -
         )
 
 
+def check_inputs(config: EvalRunConfig, preprocessing: dict) -> None:
+    """Say whether the low-res inputs are degraded, and refuse clean ones where degraded ones are required."""
+    degradation = preprocessing.get("degradation")
+    if degradation is None and config.require_degraded:
+        raise ConfigError(
+            f"data: {config.data} was encoded without a degradation model, but require_degraded is set; "
+            "encode the held-out images with a degradation section (configs/encode/sr4x_degraded_eval.yaml)"
+        )
+    if degradation is not None:
+        seed = preprocessing["seed"]
+        logger.info("low-res inputs degraded by the encoder (Real-ESRGAN model, seed %s)", seed)
+
+
 def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
     from evaluation.benchmarks import BENCHMARKS, Generators
@@ -135,6 +148,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
         generators = Generators(pipeline.first_stage, pipeline=pipeline)
         entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
     warn_if_fewer_images(config.num_images, dataset, config.data)
+    check_inputs(config, dataset.manifest.preprocessing)
     recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key, num_tasks=num_tasks)
     grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
     for skipped in sorted(recorder.skipped_crops):

@@ -375,3 +375,31 @@ def test_without_a_config_the_demo_run_gets_the_demos_quick_evaluation(tmp_path,
     assert main(["--full-sweep", "metrics=[psnr]", "nfe=[1]", "results_dir=full"]) == 0
     settings = json.loads((tmp_path / "full" / "results.json").read_text())["settings"]
     assert (settings["solvers"], settings["num_images"]) == (["euler"], 64)
+
+
+def test_the_degraded_benchmark_refuses_clean_inputs_and_runs_on_degraded_ones(
+    tmp_path, setup, capsys, caplog
+):
+    from data_pipeline.degradation import DegradationConfig
+    from data_pipeline.encode_shards import run as encode
+    from tests.data_pipeline.builders import good_shards, tiny_encode_config
+
+    latents, stage = setup
+    shipped = load_eval_config("configs/eval/sr4x_degraded.yaml", ["models=[]"])
+    assert shipped.require_degraded and shipped.baselines == ["bicubic", "context"]
+    assert {"psnr", "ssim", "hf_ratio", "spectral_distance", "fid", "pfid_fmboost"} == set(shipped.metrics)
+    degraded_only = ["require_degraded=true", "nfe=[1]", "metrics=[psnr,ssim]"]
+    assert main(overrides(latents, stage, tmp_path / "clean", *degraded_only)) == 2
+    assert "was encoded without a degradation model, but require_degraded is set" in capsys.readouterr().err
+
+    encoding = tiny_encode_config(
+        good_shards(tmp_path / "images", shards=1, per_shard=4), tmp_path / "degraded"
+    )
+    encoding.degradation = DegradationConfig()
+    encode(encoding)
+    caplog.set_level(logging.INFO)
+    args = overrides(latents, stage, tmp_path / "results", *degraded_only, "num_images=4")
+    args = [arg for arg in args if not arg.startswith("data=")] + [f"data={tmp_path / 'degraded'}"]
+    result = run(load_eval_config(None, args), extractor=pixel_features)
+    assert {row["model"] for row in result["rows"]} == {"model", "bicubic", "context", "latent_bilinear"}
+    assert "low-res inputs degraded by the encoder" in caplog.text
