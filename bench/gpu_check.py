@@ -11,7 +11,9 @@ the SD 1.x VAE config, tiled as each stage's config says) decoding to 1024², se
 paper's A100 figure: 1.388 s for the batch, SD included); (e) the 2048² cascade (both stages) for one
 image, with peak memory; (f) our U-Net against the plain functional reference
 (``bench/model_level.py``), bf16, at batch 16 (bound by operator launches on a GPU) and 128 (bound by
-the kernels). Weights are random (nothing is downloaded): speed and memory do not depend on them.
+the kernels); (g) part (d) compiled (``FMBoostPipeline(compile=True)``: the U-Net and the decoder, CUDA
+graphs on CUDA) at NFE 40, 4, 2 and 1: warm-up apart, seconds per evaluation and decode per image.
+Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
 
@@ -185,8 +187,30 @@ def inference_figures(stages: list, vae, device: torch.device, batch: int, laten
         "nfe_per_stage": output.nfe,
         "seconds": {name: round(value, 3) for name, value in output.timings.items()},
         "total_s": round(sum(output.timings.values()), 3),
+        "decode_per_image_s": round(output.timings["decode"] / batch, 4),
         "peak_memory_gb": round(peak_memory_gb(device), 2),
     }
+
+
+def compiled_inference_figures(stage, vae, device: torch.device, batch: int, latent: int, nfes: list) -> dict:
+    """Part (d) compiled: per NFE, the warm-up (compilation) apart from a timed call of the same shape."""
+    from fmboost.pipeline import FMBoostPipeline
+
+    pipeline = FMBoostPipeline(vae, [stage], device=device, dtype="auto", compile=True)
+    latents = torch.randn(batch, 4, latent, latent)
+    figures: dict = {"batch": batch, "from_latent": f"{latent}²", "nfe": {}}
+    for nfe in nfes:
+        warmup = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings["warmup"]
+        timings = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings
+        figures["nfe"][str(nfe)] = {
+            "warmup_s": round(warmup, 2),
+            "stage_s": round(timings["stage_1"], 4),
+            "per_evaluation_ms": round(1000 * timings["stage_1"] / nfe, 2),
+            "decode_per_image_s": round(timings["decode"] / batch, 4),
+            "total_s": round(timings["stage_1"] + timings["decode"], 4),
+        }
+    figures["peak_memory_gb"] = round(peak_memory_gb(device), 2)
+    return figures
 
 
 def main() -> None:
@@ -199,15 +223,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, small 2)")
     parser.add_argument(
         "--parts",
-        default="abcdef",
+        default="abcdefg",
         help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
-        "reference, bf16, batch 16 and 128",
+        "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not args.parts or set(args.parts) - set("abcdef"):
-        parser.error(f"--parts takes letters a-f, not {args.parts!r}")
+    if not args.parts or set(args.parts) - set("abcdefg"):
+        parser.error(f"--parts takes letters a-g, not {args.parts!r}")
     if device.type == "cpu" and not args.small:
         parser.error("no CUDA device: run with --small to check the script on a CPU")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -239,7 +263,7 @@ def main() -> None:
     if "c" in args.parts:
         crop = cascade.data.crop_size or 2 * high
         record("c_train_cascade_2k_crop", training_figures(cascade, crop, device, steps))
-    if "d" in args.parts or "e" in args.parts:
+    if set("deg") & set(args.parts):
         autoencoder = sd_sized_autoencoder(args.small)
         vae_1k, vae_2k = first_stage(autoencoder, cfm_1k), first_stage(autoencoder, cascade)
         stage_1 = random_stage(cfm_1k, vae_1k.record())
@@ -254,6 +278,10 @@ def main() -> None:
             "f_model_level",
             {f"batch_{batch}": model_level(steps, device, batch, bf16=not args.small) for batch in batches},
         )
+    if "g" in args.parts:
+        nfes = [2, 1] if args.small else [40, 4, 2, 1]
+        figures = compiled_inference_figures(stage_1, vae_1k, device, batch_inference, low, nfes)
+        record("g_inference_1k_compiled", figures)
     report(result, args.out)
 
 

@@ -8,6 +8,8 @@
 The grid returned holds the first batch's images, one column per entry (low-res first, ground truth last).
 """
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +25,8 @@ from fmboost.image_processing import from_uint8, resize_images, to_uint8
 from fmboost.models import FMBoostModel
 from fmboost.pipeline import FMBoostPipeline
 from fmboost.upsampling_eval import Upsampled, baseline, ground_truth, low_res_preview, upsample
+
+logger = logging.getLogger("evaluation.benchmarks")
 
 
 @dataclass
@@ -74,11 +78,21 @@ def seed_variants(recorder: Recorder, generators: Generators, entry: Entry, batc
     ]
 
 
+def warm_up(generators: Generators, batch: dict) -> None:
+    """One untimed 1-NFE sample per model (and decode) on ``batch``: compiles before anything is timed."""
+    for label, model in generators.models.items():
+        started = time.perf_counter()
+        upsample(model, batch, generators.first_stage, "euler", 1, 0)
+        logger.info("warm-up of %s (torch.compile): %.1f s", label, time.perf_counter() - started)
+
+
 def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generators, loader) -> Grid:
     """Every entry on every held-out batch, from the stored contexts; the teacher's reference once a batch."""
     config, fs, grid = recorder.config, generators.first_stage, {}
     reference_entry = Entry(config.teacher or "", config.teacher_solver, config.teacher_nfe)
     for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
+        if config.compile and batch_index == 0:
+            warm_up(generators, batch)
         real = ground_truth(batch, fs)
         seed = batch_seed(config.seed, batch["keys"])
         upscale = batch["x1"].shape[-1] // batch["z_low"].shape[-1]

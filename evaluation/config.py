@@ -27,6 +27,10 @@ class EvalRunConfig:
     ``require_degraded``: the data must have been encoded with a degradation model (the degraded
     benchmark, ``configs/eval/sr4x_degraded.yaml``), so that clean latents are never reported as degraded.
 
+    ``compile``: torch.compile the flow networks and the decoder (CUDA graphs on CUDA); each model is
+    warmed up on the first batch before anything is timed, so ``s/img`` excludes compilation (a smaller
+    last batch compiles once more).
+
     ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
     default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
     stages, applied in order after ``base``. ``baselines`` need no model (see
@@ -40,6 +44,7 @@ class EvalRunConfig:
     baselines: list[str] = field(default_factory=lambda: ["bicubic", "context", "latent_bilinear"])
     data: str = "data/latents/sample/shards/000004.tar"
     require_degraded: bool = False
+    compile: bool = False
     num_images: int = 64
     batch_size: int = 8
     solvers: list[str] = field(default_factory=lambda: ["euler"])

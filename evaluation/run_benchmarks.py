@@ -109,6 +109,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     from fmboost.distributed import task_share
     from fmboost.first_stage import build_first_stage
     from fmboost.image_processing import save_grid
+    from fmboost.inference_compile import compile_for_inference
     from fmboost.models import FMBoostModel, find_export
     from fmboost.pipeline import FMBoostPipeline
     from fmboost.tracking import Tracker
@@ -135,9 +136,14 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
         generators = Generators(build_first_stage(dataset.manifest.first_stage).to(device), models)
         for model in models.values():
             model.check_first_stage(generators.first_stage)
+        if config.compile:
+            nets = [model.net for model in models.values()]
+            compile_for_inference(nets + generators.first_stage.decoder_modules(), device)
         entries = sweep_entries(config, list(models))
     else:
-        pipeline = FMBoostPipeline.from_pretrained(model_dirs, base=config.base, device=config.device)
+        pipeline = FMBoostPipeline.from_pretrained(
+            model_dirs, base=config.base, device=config.device, compile=config.compile
+        )
         loader, dataset = validation_loader(
             config.data,
             pipeline.stages[0].flow_config.upsampling,

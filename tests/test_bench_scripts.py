@@ -42,6 +42,12 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
     assert set(result["e_inference_2k_cascade"]["seconds"]) == {"stage_1", "stage_2", "decode"}
     comparison = result["f_model_level"]["batch_2"]
     assert comparison["ours_ms"] > 0 and comparison["reference_ms"] > 0
+    compiled = result["g_inference_1k_compiled"]["nfe"]
+    assert set(compiled) == {"2", "1"}
+    assert all(
+        f["warmup_s"] > 0 and f["per_evaluation_ms"] > 0 and f["decode_per_image_s"] > 0
+        for f in compiled.values()
+    )
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
@@ -79,3 +85,15 @@ def test_the_training_throughput_bench_interleaves_a_bare_step_after_every_train
         result["bare_loop_samples_per_s"] / result["full_loop_samples_per_s"] - 1, abs=0.01
     )
     assert result["model_level"]["ratio"] > 0
+
+
+def test_the_compiled_sampling_bench_times_both_and_reports_the_warm_up_apart(tmp_path):
+    from tests.pipeline.tiny_models import save_tiny_stage
+
+    stage = save_tiny_stage(tmp_path / "stage", latent_channels=3, first_stage={"name": "identity"})
+    out = tmp_path / "compiled.json"
+    arguments = ["--stage", str(stage), "--nfe", "2", "--batch", "1", "--latent", "8", "--repeats", "2"]
+    run_bench("bench/compiled_sampling.py", *arguments, "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["compile_warmup_s"] > 0 and len(result["eager_s"]) == len(result["compiled_s"]) == 2
+    assert result["ratio_best"] > 0

@@ -71,6 +71,11 @@ class FirstStage(nn.Module, ABC):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from unscaled latents."""
 
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules that decode (what compiled inference compiles); none for a first stage without
+        weights."""
+        return []
+
     def record(self) -> FirstStageConfig:
         """Everything that shapes this first stage's latents, stored wherever latents are stored or used.
 

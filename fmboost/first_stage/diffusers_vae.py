@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from torch import nn
 
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
@@ -124,3 +125,6 @@ class DiffusersVAE(FirstStage):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.vae.decoder]

@@ -143,3 +143,6 @@ class TinyAutoencoder(FirstStage):
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents) * 2 - 1
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]

@@ -405,3 +405,16 @@ def test_the_degraded_benchmark_refuses_clean_inputs_and_runs_on_degraded_ones(
     result = run(load_eval_config(None, args), extractor=pixel_features)
     assert {row["model"] for row in result["rows"]} == {"model", "bicubic", "context", "latent_bilinear"}
     assert "low-res inputs degraded by the encoder" in caplog.text
+
+
+def test_a_compiled_evaluation_scores_as_the_eager_one(tmp_path, setup, caplog):
+    latents, stage = setup
+    caplog.set_level(logging.INFO)
+    settings = ["nfe=[2]", "metrics=[psnr,ssim]", "baselines=[]", "num_images=8"]
+    rows = {}
+    for name, flag in (("eager", "compile=false"), ("compiled", "compile=true")):
+        config = load_eval_config(None, overrides(latents, stage, tmp_path / name, *settings, flag))
+        rows[name] = run(config)["rows"][0]
+    assert rows["compiled"]["psnr"] == pytest.approx(rows["eager"]["psnr"], abs=1e-3)
+    assert rows["compiled"]["ssim"] == pytest.approx(rows["eager"]["ssim"], abs=1e-4)
+    assert "warm-up of model (torch.compile)" in caplog.text

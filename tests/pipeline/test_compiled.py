@@ -1,0 +1,56 @@
+"""Compiled sampling (torch.compile of the flow network and the decoder) gives eager's images on CPU and
+reports its compilation apart from the timings of a call."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fmboost.generate import main
+from fmboost.pipeline import FMBoostPipeline
+from tests.conftest import photo
+from tests.pipeline.tiny_models import save_tiny_stage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def taef2_stage(tmp_path, taef2_dir):
+    first_stage = {"name": "taesd", "path": str(taef2_dir)}
+    return save_tiny_stage(tmp_path / "stage", latent_channels=32, first_stage=first_stage)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("fp32", 1e-4), ("bf16", 3e-2)])
+def test_compiled_sampling_and_decoding_equal_eager_and_the_warm_up_is_timed_apart(
+    taef2_stage, dtype, tolerance
+):
+    latents = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+    eager = FMBoostPipeline.from_pretrained([taef2_stage], device="cpu", dtype=dtype)
+    compiled = FMBoostPipeline.from_pretrained([taef2_stage], device="cpu", dtype=dtype, compile=True)
+    assert compiled.stages[0].net._compiled_call_impl is not None  # the U-Net
+    assert compiled.first_stage.decoder._compiled_call_impl is not None  # and TAEF2's decoder
+
+    reference = eager(latents=latents, seed=3, nfe=4)
+    first = compiled(latents=latents, seed=3, nfe=4)
+    again = compiled(latents=latents, seed=3, nfe=4)
+    assert "warmup" in first.timings and first.timings["warmup"] > 0
+    assert "warmup" not in again.timings and "warmup" not in reference.timings
+    torch.testing.assert_close(first.latents, reference.latents, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(again.latents, first.latents)
+    decoded, expected = (np.asarray(output.images[0], dtype=np.float32) for output in (first, reference))
+    assert np.abs(decoded - expected).mean() < (0.5 if dtype == "fp32" else 3.0)  # in 8-bit levels
+
+    other_nfe = compiled(latents=latents, seed=3, nfe=2)
+    assert "warmup" in other_nfe.timings  # a new call shape warms up once more, apart again
+
+
+def test_generate_compile_writes_the_warm_up_beside_the_timings(tmp_path):
+    stage = save_tiny_stage(tmp_path / "stage", latent_channels=3, first_stage={"name": "identity"})
+    source = tmp_path / "photo.png"
+    Image.fromarray(((photo("chelsea", 16)[0].permute(1, 2, 0) + 1) * 127.5).byte().numpy()).save(source)
+    args = ["--stage", str(stage), "--input-image", str(source), "--input-image", str(source)]
+    assert main([*args, "--compile", "--out", str(tmp_path / "out"), "--nfe", "2"]) == 0
+    sidecars = [json.loads((tmp_path / "out" / f"0000{i}.json").read_text()) for i in (0, 1)]
+    assert "warmup" in sidecars[0]["timings_s"] and "warmup" not in sidecars[1]["timings_s"]
