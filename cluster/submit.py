@@ -78,6 +78,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "training then checks for the signal at least every quarter of it",
     )
     parser.add_argument(
+        "--max-requeues",
+        type=int,
+        default=100,
+        metavar="N",
+        help="how often a training job may reach its time limit and be requeued from its checkpoint "
+        "(default 100; submitit's own default, 3, would end a long run after four time limits)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate, print the resolved config and job parameters, submit nothing",
@@ -177,12 +185,14 @@ def submit_training(args: argparse.Namespace) -> int:
     run_dir = Path(config.train.run_dir).resolve()
     if args.dry_run:
         print(to_yaml(config))
-        print(f"{backend} job parameters: {parameters}")
+        print(f"{backend} job parameters: {parameters}; requeued at most {args.max_requeues} times")
         return 0
     check_training_data(config)
     refuse_busy_run_folder(run_dir)
     job_dir = args.job_dir or run_dir / "submitit"
-    executor = submitit.AutoExecutor(folder=job_dir / "%j", cluster=backend)
+    executor = submitit.AutoExecutor(
+        folder=job_dir / "%j", cluster=backend, slurm_max_num_timeout=args.max_requeues
+    )
     executor.update_parameters(**parameters)
     job = executor.submit(TrainingJob(str(Path(args.config).resolve()), job_overrides(args, config, backend)))
     print(f"job id: {job.job_id}")

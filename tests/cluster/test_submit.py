@@ -32,6 +32,7 @@ def test_dry_run_validates_and_prints_the_config_and_job_parameters(capsys):
     output = capsys.readouterr().out
     assert "lr: 0.0001" in output and "crop_size: 128" in output
     assert "'nodes': 8" in output and "'tasks_per_node': 8" in output and "'timeout_min': 90" in output
+    assert "requeued at most 100 times" in output  # a long run outlives submitit's default of 3
 
 
 def test_a_config_typo_is_one_line_before_anything_is_submitted(capsys):
