@@ -7,14 +7,27 @@ the same samples on CPU and GPU and a CPU generator can drive a CUDA model.
 import torch
 
 
+def _generator_device(generator: torch.Generator | None, default: torch.device) -> torch.device:
+    """Where to draw: the generator's own device, so that a seed means the same numbers everywhere."""
+    return generator.device if generator is not None else default
+
+
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise with the shape, dtype and device of ``x``."""
-    device = generator.device if generator is not None else x.device
+    device = _generator_device(generator, x.device)
     noise = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32)
     return noise.to(device=x.device, dtype=x.dtype)
 
 
 def rand_uniform(n: int, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` samples of U[0, 1) on the device of ``like`` (float32, for time values)."""
-    device = generator.device if generator is not None else like.device
-    return torch.rand(n, generator=generator, device=device).to(like.device)
+    drawn = torch.rand(n, generator=generator, device=_generator_device(generator, like.device))
+    return drawn.to(like.device)
+
+
+def randint(
+    high: int, n: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` integers in [0, high) on ``device``."""
+    drawn = torch.randint(high, (n,), generator=generator, device=_generator_device(generator, device))
+    return drawn.to(device)

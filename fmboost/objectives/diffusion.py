@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fmboost.noise_schedule import NUM_STEPS, alpha_bar
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
-from fmboost.randomness import randn_like
+from fmboost.randomness import randint, randn_like
 from fmboost.sampling import ODESolution
 
 ALPHA_BARS = torch.tensor([alpha_bar(k) for k in range(NUM_STEPS)], dtype=torch.float64)
@@ -58,8 +58,7 @@ class ConditionalDiffusion(Objective):
     ) -> torch.Tensor:
         x1, z_up = x1.float(), z_up.float()
         noise = randn_like(x1, generator)
-        device = generator.device if generator is not None else x1.device
-        steps = torch.randint(0, NUM_STEPS, (x1.shape[0],), generator=generator, device=device).to(x1.device)
+        steps = randint(NUM_STEPS, x1.shape[0], x1.device, generator)
         signal, sigma = schedule_at(steps, x1)
         prediction = self.predict(net, signal * x1 + sigma * noise, steps, z_up)
         return F.mse_loss(prediction.float(), signal * noise - sigma * x1)

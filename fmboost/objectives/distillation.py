@@ -36,7 +36,7 @@ from fmboost.config import FlowConfig, require
 from fmboost.errors import ConfigError, FMBoostError
 from fmboost.objectives.base import OBJECTIVES, VelocityNet
 from fmboost.objectives.flow_matching import CouplingFlowMatching, interpolate, target_velocity
-from fmboost.randomness import rand_uniform
+from fmboost.randomness import rand_uniform, randint
 from fmboost.sampling import ODESolution, solve_ode
 
 STUDENT_OBJECTIVES = ("reflow", "shortcut")
@@ -134,9 +134,7 @@ class Shortcut(CouplingFlowMatching):
         self, count: int, device: torch.device, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Step counts for ``count`` samples: every trained count in turn from a random offset."""
-        offset = int(
-            torch.randint(len(self.trained_nfe), (1,), generator=generator, device=_device(generator))
-        )
+        offset = int(randint(len(self.trained_nfe), 1, torch.device("cpu"), generator))
         choice = (torch.arange(count) + offset) % len(self.trained_nfe)
         return torch.tensor(self.trained_nfe, dtype=torch.long)[choice].to(device)
 
@@ -191,7 +189,3 @@ class Shortcut(CouplingFlowMatching):
             return self.velocity(net, x, t, z_up, torch.full_like(t, d))
 
         return solve_ode(field, x0, solver=solver, nfe=nfe, **solver_options)
-
-
-def _device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
