@@ -30,6 +30,7 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     run_bench("bench/gpu_check.py", "--small", "--out", str(out))
     result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["torch"] and result["date"].startswith("20")
     for key in ("a_train_cfm_1k", "b_train_cfm_1k_compile_channels_last", "c_train_cascade_2k_crop"):
         figures = result[key]
         assert (
