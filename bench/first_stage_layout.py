@@ -1,4 +1,4 @@
-"""A tiny autoencoder (TAESD family) in NHWC against NCHW, interleaved in one run.
+"""A tiny autoencoder (TAESD family) in NHWC against NCHW, one after the other in one run.
 
     python bench/first_stage_layout.py --weights DIR [--size 256] [--batch 8] [--repeats 3]
 
@@ -8,11 +8,11 @@ seconds per image (best repetition), NCHW / NHWC speed-up and the largest output
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from bench_output import report
+from device_timing import timed_seconds
 from torch import nn
 
 from fmboost.first_stage.taesd import TinyAutoencoder
@@ -22,12 +22,8 @@ def best_seconds(module: nn.Module, batch: torch.Tensor, repeats: int) -> tuple[
     """Best wall time of ``repeats`` calls after a warm-up, and the output."""
     with torch.no_grad():
         output = module(batch)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            module(batch)
-            times.append(time.perf_counter() - started)
-    return min(times), output
+        seconds = min(timed_seconds(lambda: module(batch), batch.device) for _ in range(repeats))
+    return seconds, output
 
 
 def compare(module: nn.Module, batch: torch.Tensor, repeats: int) -> dict[str, float]:
