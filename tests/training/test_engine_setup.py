@@ -3,7 +3,12 @@ import torch
 
 from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
-from fmboost.training.engine_setup import deepspeed_config, single_gpu_zero_advice, warmup_schedule
+from fmboost.training.engine_setup import (
+    build_optimizer,
+    deepspeed_config,
+    single_gpu_zero_advice,
+    warmup_schedule,
+)
 
 
 def test_deepspeed_config_derives_batch_accumulation_clipping_and_precision():
@@ -68,3 +73,23 @@ def test_learning_rate_warms_up_linearly_then_stays_constant():
         optimizer.step()
         schedule.step()
     assert rates == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_fused_optimizer_takes_the_same_adamw_steps_as_the_default():
+    torch.manual_seed(0)
+    default_model, fused_model = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    fused_model.load_state_dict(default_model.state_dict())
+    initial = default_model.weight.detach().clone()
+    settings = ["train.lr=1e-2", "train.weight_decay=0.1"]
+    default = build_optimizer(default_model, load_config(None, settings))
+    fused = build_optimizer(fused_model, load_config(None, [*settings, "train.fused_optimizer=true"]))
+    assert fused.defaults["fused"] and not default.defaults["fused"]
+    inputs = torch.randn(16, 8)
+    for _ in range(5):
+        for model, optimizer in ((default_model, default), (fused_model, fused)):
+            optimizer.zero_grad()
+            model(inputs).square().mean().backward()
+            optimizer.step()
+    for left, right in zip(default_model.parameters(), fused_model.parameters(), strict=True):
+        torch.testing.assert_close(left, right, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(default_model.weight, initial), "the steps changed the weights"
