@@ -3,7 +3,7 @@
     python bench/compiled_sampling.py --stage runs/demo [--nfe 8] [--batch 4] [--repeats 5]
 
 Boosts one batch of random low-res latents with ``FMBoostPipeline`` twice per repetition, eager and
-``compile=True`` (the U-Net and the decoder; CUDA graphs on CUDA), after each has warmed up; the
+``compile=True`` (the U-Net and the autoencoder; CUDA graphs on CUDA), after each has warmed up; the
 compiler's warm-up is reported apart. Ratio = compiled / eager of the best repetitions; below 1 is faster.
 """
 

@@ -5,7 +5,7 @@ import contextlib
 import numpy as np
 import torch
 
-from fmboost.devices import precision_dtype
+from fmboost.devices import autocast_to, precision_dtype
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images
 from fmboost.upsampling import upsample_latents
@@ -23,13 +23,10 @@ class LatentEncoder:
     ) -> None:
         self.first_stage = first_stage.to(device)
         self.low_res, self.psu_variant, self.device = low_res, psu_variant, device
-        dtype = precision_dtype(precision, device)
-        self.autocast_dtype = None if dtype == torch.float32 else dtype
+        self.dtype = precision_dtype(precision, device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_to(self.dtype, self.device)
 
     @torch.no_grad()
     def encode(self, crops: torch.Tensor, low_crops: torch.Tensor | None = None) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ class EvalRunConfig:
     ``require_degraded``: the data must have been encoded with a degradation model (the degraded
     benchmark, ``configs/eval/sr4x_degraded.yaml``), so that clean latents are never reported as degraded.
 
-    ``compile``: torch.compile the flow networks and the decoder (CUDA graphs on CUDA); each model is
+    ``compile``: torch.compile the flow networks and the autoencoder (CUDA graphs on CUDA); each model is
     warmed up on the first batch before anything is timed, so ``s/img`` excludes compilation (a smaller
     last batch compiles once more).
 

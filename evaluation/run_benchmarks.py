@@ -138,7 +138,7 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
             model.check_first_stage(generators.first_stage)
         if config.compile:
             nets = [model.net for model in models.values()]
-            compile_for_inference(nets + generators.first_stage.decoder_modules(), device)
+            compile_for_inference(nets + generators.first_stage.autoencoder_modules(), device)
         entries = sweep_entries(config, list(models))
     else:
         pipeline = FMBoostPipeline.from_pretrained(

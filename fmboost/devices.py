@@ -1,5 +1,7 @@
 """Where and in which precision work runs: ``auto`` is a GPU in bf16 if one exists, else the CPU in fp32."""
 
+import contextlib
+
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -21,3 +23,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[resolve_precision(precision, device)]
+
+
+def autocast_to(dtype: torch.dtype, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; nothing for fp32. How the frozen autoencoder runs in a lower
+    precision: its weights stay as loaded, so encoding and decoding share one copy of them."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

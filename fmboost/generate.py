@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the flow networks and the decoder (CUDA graphs on CUDA); the first batch of "
+        help="torch.compile the flow networks and the autoencoder (CUDA graphs on CUDA); the first batch of "
         "each shape compiles in an untimed warm-up, reported apart as warmup in the timings",
     )
     bound = MemoryBound()

@@ -1,4 +1,4 @@
-"""torch.compile for sampling: the flow network and the first stage's decoder, for static shapes.
+"""torch.compile for sampling: the flow network and the first stage's encoder and decoder, for static shapes.
 
 On CUDA the modules compile in ``reduce-overhead`` mode, so the fixed-NFE solver loop replays CUDA
 graphs instead of launching every kernel from Python; elsewhere in the default mode. Shapes are static

@@ -13,7 +13,13 @@ with, or one given explicitly. Memory is bounded by :class:`~fmboost.config.Memo
 network runs in blended tiles above ``flow_tile_size`` and results above ``max_output_pixels`` are
 refused before any work.
 
-``compile=True`` compiles every stage's flow network and the decoder (:mod:`fmboost.inference_compile`;
+The stages run in ``dtype`` (bf16 on GPUs by default); the autoencoder's encode, context and decode
+run autocast to it, as encoding the training data did (``precision: auto``).
+
+``timings`` holds seconds per step: ``base`` or ``encode``, then per stage ``context_N`` (its context
+upsampling) and ``stage_N`` (the ODE solve), then ``decode``.
+
+``compile=True`` compiles every stage's flow network and the autoencoder (:mod:`fmboost.inference_compile`;
 CUDA graphs on CUDA). The first call with a new input shape or NFE compiles: it runs once untimed and its
 time is reported as ``timings["warmup"]``, apart from the timings of the call itself.
 """
@@ -21,7 +27,7 @@ time is reported as ``timings["warmup"]``, apart from the timings of the call it
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,7 @@ import torch
 from PIL import Image
 
 from fmboost.config import FirstStageConfig, MemoryBound
-from fmboost.devices import precision_dtype, resolve_device
+from fmboost.devices import autocast_to, precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage
 from fmboost.first_stage.base import FirstStage
@@ -119,7 +125,7 @@ class FMBoostPipeline:
         self.compiled = compile
         self.warm_calls: set[tuple] = set()
         if compile:
-            modules = [stage.net for stage in self.stages] + self.first_stage.decoder_modules()
+            modules = [stage.net for stage in self.stages] + self.first_stage.autoencoder_modules()
             compile_for_inference(modules, self.device)
 
     @classmethod
@@ -165,6 +171,11 @@ class FMBoostPipeline:
                 f"the memory bound of {limit / 1e6:.1f} MP; give a smaller input or raise max_output_pixels",
                 "max_output_pixels",
             )
+
+    def first_stage_precision(self) -> AbstractContextManager:
+        """The autoencoder runs autocast to the pipeline's dtype (bf16 on GPUs by default), as encoding
+        the training data did; its weights stay as loaded."""
+        return autocast_to(self.dtype, self.device)
 
     @contextmanager
     def stopwatch(self, timings: dict[str, float], name: str) -> Iterator[None]:
@@ -241,7 +252,7 @@ class FMBoostPipeline:
                     prompt=list(prompts), output_type="latent", generator=base_generator, **base_kwargs
                 ).images
         elif images is not None:
-            with self.stopwatch(timings, "encode"):
+            with self.stopwatch(timings, "encode"), self.first_stage_precision():
                 z = fs.encode_scaled(images.to(self.device))
         else:
             z = latents.to(self.device)
@@ -250,18 +261,19 @@ class FMBoostPipeline:
         for index, (stage, context_fs, stage_nfe, stage_solver) in enumerate(
             zip(self.stages, self.context_first_stages, nfes, solvers, strict=True), 1
         ):
+            with self.stopwatch(timings, f"context_{index}"), self.first_stage_precision():
+                z_up = stage.prepare_context(z, context_fs)
             with self.stopwatch(timings, f"stage_{index}"):
-                solution = stage.upsample(
-                    z,
-                    context_fs,
-                    stage_nfe,
-                    stage_solver,
+                solution = stage.sample(
+                    z_up,
                     generator,
+                    stage_solver,
+                    stage_nfe,
                     tile_size=self.memory.flow_tile_size or None,
                     tile_overlap=self.memory.flow_tile_overlap,
                 )
             z = solution.x1.float()
             used.append(solution.nfe)
-        with self.stopwatch(timings, "decode"):
+        with self.stopwatch(timings, "decode"), self.first_stage_precision():
             pixels = fs.decode_scaled(z)
         return PipelineOutput(to_pil(pixels), z.cpu(), timings, used)

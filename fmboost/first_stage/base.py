@@ -71,9 +71,9 @@ class FirstStage(nn.Module, ABC):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (not clamped) from unscaled latents."""
 
-    def decoder_modules(self) -> list[nn.Module]:
-        """The modules that decode (what compiled inference compiles); none for a first stage without
-        weights."""
+    def autoencoder_modules(self) -> list[nn.Module]:
+        """The modules that encode and decode (what compiled inference compiles; a module never called
+        is never compiled); none for a first stage without weights."""
         return []
 
     def record(self) -> FirstStageConfig:

@@ -126,5 +126,5 @@ class DiffusersVAE(FirstStage):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
 
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.vae.decoder]
+    def autoencoder_modules(self) -> list[nn.Module]:
+        return [self.vae.encoder, self.vae.decoder]

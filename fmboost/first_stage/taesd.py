@@ -152,5 +152,5 @@ class TinyAutoencoder(FirstStage):
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return (self.decoder(nhwc(latents)) * 2 - 1).contiguous()
 
-    def decoder_modules(self) -> list[nn.Module]:
-        return [self.decoder]
+    def autoencoder_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.decoder]

@@ -1,4 +1,4 @@
-"""Compiled sampling (torch.compile of the flow network and the decoder) gives eager's images on CPU and
+"""Compiled sampling (torch.compile of the flow network and the autoencoder) gives eager's images on CPU and
 reports its compilation apart from the timings of a call."""
 
 import json
@@ -31,6 +31,7 @@ def test_compiled_sampling_and_decoding_equal_eager_and_the_warm_up_is_timed_apa
     compiled = FMBoostPipeline.from_pretrained([taef2_stage], device="cpu", dtype=dtype, compile=True)
     assert compiled.stages[0].net._compiled_call_impl is not None  # the U-Net
     assert compiled.first_stage.decoder._compiled_call_impl is not None  # and TAEF2's decoder
+    assert compiled.first_stage.encoder._compiled_call_impl is not None  # and encoder (for contexts)
 
     reference = eager(latents=latents, seed=3, nfe=4)
     first = compiled(latents=latents, seed=3, nfe=4)

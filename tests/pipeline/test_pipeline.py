@@ -2,11 +2,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from fmboost.config import FirstStageConfig
 from fmboost.errors import FMBoostError, WeightsError
+from fmboost.first_stage.diffusers_vae import DiffusersVAE
 from fmboost.generate import main
+from fmboost.models import FMBoostModel
 from fmboost.pipeline import FMBoostPipeline
 from tests.conftest import photo
 from tests.pipeline.tiny_models import save_tiny_stable_diffusion, save_tiny_stage
@@ -35,7 +39,7 @@ def test_base_then_one_stage_doubles_the_base_resolution(pipeline):
     output = pipeline(prompts=["a red fox", "a blue bird"], seed=0, num_inference_steps=2)
     assert [image.size for image in output.images] == [(32, 32), (32, 32)]  # base: 8² latents, 16 px
     assert output.latents.shape == (2, 4, 16, 16)
-    assert set(output.timings) == {"base", "stage_1", "decode"} and output.nfe == [2]
+    assert set(output.timings) == {"base", "context_1", "stage_1", "decode"} and output.nfe == [2]
 
 
 def test_two_cascaded_stages_give_four_times_the_base_resolution(tiny_sd, stage):
@@ -44,7 +48,28 @@ def test_two_cascaded_stages_give_four_times_the_base_resolution(tiny_sd, stage)
         prompts=["a red fox"], seed=0, nfe=[2, 4], solver=["euler", "midpoint"], num_inference_steps=2
     )
     assert output.images[0].size == (64, 64)
-    assert output.nfe == [2, 4] and set(output.timings) == {"base", "stage_1", "stage_2", "decode"}
+    assert output.nfe == [2, 4]
+    assert set(output.timings) == {"base", "context_1", "stage_1", "context_2", "stage_2", "decode"}
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_autoencoder_runs_autocast_to_the_pipeline_dtype_as_encoding_did(
+    tiny_sd, stage, monkeypatch, dtype, expected
+):
+    seen = []
+    decode = DiffusersVAE._decode
+
+    def recording_decode(self, latents):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else latents.dtype)
+        return decode(self, latents)
+
+    monkeypatch.setattr(DiffusersVAE, "_decode", recording_decode)
+    vae = DiffusersVAE(AutoencoderKL.from_pretrained(tiny_sd / "vae"), str(tiny_sd / "vae"))
+    pipeline = FMBoostPipeline(vae, [FMBoostModel.from_pretrained(stage)], device="cpu", dtype=dtype)
+    output = pipeline(latents=torch.randn(1, 4, 8, 8), seed=0)
+    assert output.images[0].size == (32, 32) and output.latents.dtype == torch.float32
+    assert seen and set(seen) == {expected}, "every decode (the context's and the image's)"
+    assert next(vae.parameters()).dtype == torch.float32, "the weights stay as loaded"
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_another(pipeline):
