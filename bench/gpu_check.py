@@ -4,15 +4,19 @@
     python bench/gpu_check.py --small         # tiny sizes, any machine (CI runs this)
 
 (a) ``configs/cfm_1k.yaml``'s U-Net, 64² → 128² latents, batch 16, bf16, DeepSpeed ZeRO-2 on one
-device: samples/s, step time, peak memory, MFU; (b) the same with ``train.compile`` and
-``train.channels_last``; (c) ``configs/cascade_2k.yaml`` at its training crop; (d) inference: a batch
-of 4 from 64² latents through a 40-NFE Euler CFM stage and an SD-sized VAE (random weights built from
-the SD 1.x VAE config, tiled as each stage's config says) decoding to 1024², seconds per stage (the
-paper's A100 figure: 1.388 s for the batch, SD included); (e) the 2048² cascade (both stages) for one
-image, with peak memory; (f) our U-Net against the plain functional reference
+device, eager: samples/s, step time, peak memory, MFU; (b) the same with ``train.compile`` and
+``train.channels_last``; (c) ``configs/cascade_2k.yaml`` at its training crop, as configured; (d)
+inference: a batch of 4 from 64² latents through a 40-NFE Euler CFM stage and an SD-sized VAE (random
+weights built from the SD 1.x VAE config, tiled as each stage's config says) decoding to 1024², seconds
+per step (the paper's A100 figure: 1.388 s for the batch, SD included); (e) the 2048² cascade (both
+stages) for one image, with peak memory; (f) our U-Net against the plain functional reference
 (``bench/model_level.py``), bf16, at batch 16 (bound by operator launches on a GPU) and 128 (bound by
-the kernels); (g) part (d) compiled (``FMBoostPipeline(compile=True)``: the U-Net and the decoder, CUDA
-graphs on CUDA) at NFE 40, 4, 2 and 1: warm-up apart, seconds per evaluation and decode per image.
+the kernels); (g) part (d) compiled (``FMBoostPipeline(compile=True)``: the U-Net and the autoencoder,
+CUDA graphs on CUDA) at NFE 40, 4, 2 and 1, weights in NCHW (as the pipeline leaves them) and then in
+NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation, decode per image;
+(h) eager, the same U-Net and decoder in NCHW and NHWC, the decode in fp32 and bf16; (i) training as
+(a) at ZeRO stage 0 (what a one-GPU run should use): eager and with ``train.compile`` +
+``train.channels_last``, each with and without ``train.fused_optimizer``.
 Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
@@ -21,18 +25,19 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_output import report
-from device_timing import synchronize
+from bench_output import report, write
+from device_timing import synchronize, timed_seconds
 from model_level import model_level
 
 from fmboost.config import FMBoostConfig
 from fmboost.config_loading import load_config
-from fmboost.devices import resolve_precision
+from fmboost.devices import DTYPES, autocast_to, resolve_precision
 from fmboost.distributed import DistributedEnv, init_distributed
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 
@@ -60,10 +65,13 @@ def reset_peak(device: torch.device) -> None:
 
 
 def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:
-    overrides = ["deepspeed.zero_optimization.stage=2", "train.warmup_steps=1", *extra]
+    """The config at ``path`` under ZeRO-2, then ``extra``; with ``small`` tiny, fp32 and uncompiled
+    unless ``extra`` compiles (compiling on a CPU takes longer than the whole check otherwise)."""
+    overrides = ["deepspeed.zero_optimization.stage=2", "train.warmup_steps=1"]
     if small:
         overrides += [*SMALL_MODEL, "data.batch_size=2", "data.crop_size=null", "train.precision=fp32"]
-    return load_config(path, overrides)
+        overrides += ["train.compile=false", "train.channels_last=false"]
+    return load_config(path, [*overrides, *extra])
 
 
 def engine_step(
@@ -180,10 +188,12 @@ def inference_figures(stages: list, vae, device: torch.device, batch: int, laten
     pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")  # warm-up (kernels, allocator)
     reset_peak(device)
     output = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")
+    decoded = output.latents.shape[-1]
     return {
         "batch": batch,
         "from_latent": f"{latent}²",
         "image": f"{output.images[0].size[0]}²",
+        "decode": "whole" if not vae.tile_size or decoded <= vae.tile_size else f"tiles of {vae.tile_size}²",
         "nfe_per_stage": output.nfe,
         "seconds": {name: round(value, 3) for name, value in output.timings.items()},
         "total_s": round(sum(output.timings.values()), 3),
@@ -192,25 +202,84 @@ def inference_figures(stages: list, vae, device: torch.device, batch: int, laten
     }
 
 
-def compiled_inference_figures(stage, vae, device: torch.device, batch: int, latent: int, nfes: list) -> dict:
-    """Part (d) compiled: per NFE, the warm-up (compilation) apart from a timed call of the same shape."""
+def set_layout(modules: list, layout: torch.memory_format) -> None:
+    """Weights in ``layout``: cuDNN then runs a convolution in NHWC if its weight is NHWC."""
+    for module in modules:
+        module.to(memory_format=layout)
+
+
+def compiled_inference_figures(
+    stage, vae, device: torch.device, batch: int, latent: int, nfes: list, layout: torch.memory_format
+) -> dict:
+    """Part (d) compiled, with the U-Net's and autoencoder's weights in ``layout``: per NFE, the warm-up
+    (compilation) apart from a timed call of the same shape; the context upsampling apart from the
+    solve."""
     from fmboost.pipeline import FMBoostPipeline
 
+    set_layout([stage.net, *vae.autoencoder_modules()], layout)
     pipeline = FMBoostPipeline(vae, [stage], device=device, dtype="auto", compile=True)
     latents = torch.randn(batch, 4, latent, latent)
-    figures: dict = {"batch": batch, "from_latent": f"{latent}²", "nfe": {}}
+    figures: dict = {"batch": batch, "from_latent": f"{latent}²", "layout": str(layout), "nfe": {}}
     for nfe in nfes:
         warmup = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings["warmup"]
         timings = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings
         figures["nfe"][str(nfe)] = {
             "warmup_s": round(warmup, 2),
+            "context_s": round(timings["context_1"], 4),
             "stage_s": round(timings["stage_1"], 4),
             "per_evaluation_ms": round(1000 * timings["stage_1"] / nfe, 2),
             "decode_per_image_s": round(timings["decode"] / batch, 4),
-            "total_s": round(timings["stage_1"] + timings["decode"], 4),
+            "total_s": round(sum(timings.values()), 4),
         }
     figures["peak_memory_gb"] = round(peak_memory_gb(device), 2)
     return figures
+
+
+def median_seconds(function: Callable[[], object], device: torch.device, calls: int = 5) -> float:
+    """Median of ``calls`` timed calls after one untimed call (kernel choice, allocator)."""
+    function()
+    return statistics.median(timed_seconds(function, device) for _ in range(calls))
+
+
+def eager_layout_figures(stage, vae, device: torch.device, batch: int, latent: int, nfe: int) -> dict:
+    """Eager milliseconds per U-Net evaluation (bf16) and seconds per decoded image, in NCHW and NHWC,
+    and the decode in fp32 and bf16: which layout and precision the compiled path starts from."""
+    stage.to(device, torch.bfloat16)
+    vae.to(device)
+    z_up = torch.randn(batch, 4, 2 * latent, 2 * latent, device=device)
+    generator = torch.Generator().manual_seed(0)
+    autoencoder = vae.autoencoder_modules()
+    figures: dict = {"batch": batch, "latent": f"{2 * latent}²", "nfe": nfe}
+    decodes = {"nchw": ("fp32", "bf16"), "nhwc": ("bf16",)}  # fp32: the baseline, in one layout
+    for name, layout in LAYOUTS.items():
+        set_layout([stage.net, *autoencoder], layout)
+        seconds = median_seconds(lambda: stage.sample(z_up, generator, "euler", nfe), device)
+        figures[f"unet_bf16_{name}_ms_per_evaluation"] = round(1000 * seconds / nfe, 2)
+        for precision in decodes[name]:
+
+            def decode(dtype: torch.dtype = DTYPES[precision]) -> torch.Tensor:
+                with torch.no_grad(), autocast_to(dtype, device):
+                    return vae.decode(z_up, tiled=False)
+
+            seconds = median_seconds(decode, device)
+            figures[f"decode_{precision}_{name}_s_per_image"] = round(seconds / batch, 4)
+    set_layout([stage.net, *autoencoder], torch.contiguous_format)
+    figures["peak_memory_gb"] = round(peak_memory_gb(device), 2)
+    return figures
+
+
+EAGER = ["train.compile=false", "train.channels_last=false", "train.fused_optimizer=false"]  # (a), (b)
+LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}  # the pipeline's first
+TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run should use)
+    "compile_channels_last": [*EAGER, "train.compile=true", "train.channels_last=true"],
+    "compile_channels_last_fused_adamw": [
+        "train.compile=true",
+        "train.channels_last=true",
+        "train.fused_optimizer=true",
+    ],
+    "eager": EAGER,
+    "eager_fused_adamw": [*EAGER, "train.fused_optimizer=true"],
+}
 
 
 def main() -> None:
@@ -223,15 +292,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, small 2)")
     parser.add_argument(
         "--parts",
-        default="abcdefg",
+        default="abcdefghi",
         help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
-        "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1",
+        "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1 (weights NCHW, "
+        "then NHWC; NCHW only with --small); (h) eager U-Net and decode in NCHW and NHWC, decode in fp32 "
+        "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not args.parts or set(args.parts) - set("abcdefg"):
-        parser.error(f"--parts takes letters a-g, not {args.parts!r}")
+    if not args.parts or set(args.parts) - set("abcdefghi"):
+        parser.error(f"--parts takes letters a-i, not {args.parts!r}")
     if device.type == "cpu" and not args.small:
         parser.error("no CUDA device: run with --small to check the script on a CPU")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -247,23 +318,23 @@ def main() -> None:
     def record(key: str, figures: dict) -> None:
         """Each part's figures are written as soon as they exist, so a run cut short keeps them."""
         result[key] = figures
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write(result, args.out)
         print(f"{key}: {json.dumps(figures)}", flush=True)
 
     cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
     cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
     if "a" in args.parts:
-        record("a_train_cfm_1k", training_figures(cfm_1k, high, device, steps))
+        eager = paper_config("configs/cfm_1k.yaml", args.small, [*EAGER])
+        record("a_train_cfm_1k", training_figures(eager, high, device, steps))
     if "b" in args.parts:
         fast = paper_config(
-            "configs/cfm_1k.yaml", args.small, ["train.compile=true", "train.channels_last=true"]
+            "configs/cfm_1k.yaml", args.small, [*EAGER, "train.compile=true", "train.channels_last=true"]
         )
         record("b_train_cfm_1k_compile_channels_last", training_figures(fast, high, device, steps))
     if "c" in args.parts:
         crop = cascade.data.crop_size or 2 * high
         record("c_train_cascade_2k_crop", training_figures(cascade, crop, device, steps))
-    if set("deg") & set(args.parts):
+    if set("degh") & set(args.parts):
         autoencoder = sd_sized_autoencoder(args.small)
         vae_1k, vae_2k = first_stage(autoencoder, cfm_1k), first_stage(autoencoder, cascade)
         stage_1 = random_stage(cfm_1k, vae_1k.record())
@@ -278,10 +349,21 @@ def main() -> None:
             "f_model_level",
             {f"batch_{batch}": model_level(steps, device, batch, bf16=not args.small) for batch in batches},
         )
+    if "h" in args.parts:
+        record("h_eager_layouts_1k", eager_layout_figures(stage_1, vae_1k, device, batch_inference, low, nfe))
     if "g" in args.parts:
         nfes = [2, 1] if args.small else [40, 4, 2, 1]
-        figures = compiled_inference_figures(stage_1, vae_1k, device, batch_inference, low, nfes)
-        record("g_inference_1k_compiled", figures)
+        layouts = {"nchw": LAYOUTS["nchw"]} if args.small else LAYOUTS
+        for name, layout in layouts.items():  # fresh modules: compiled code assumes its weights' layout
+            vae = first_stage(sd_sized_autoencoder(args.small), cfm_1k)
+            stage = random_stage(cfm_1k, vae.record())
+            figures = compiled_inference_figures(stage, vae, device, batch_inference, low, nfes, layout)
+            record(f"g_inference_1k_compiled_{name}", figures)
+    if "i" in args.parts:
+        for name, overrides in TRAINING_VARIANTS.items():
+            zero_0 = ["deepspeed.zero_optimization.stage=0", *overrides]
+            config = paper_config("configs/cfm_1k.yaml", args.small, zero_0)
+            record(f"i_train_cfm_1k_zero0_{name}", training_figures(config, high, device, steps))
     report(result, args.out)
 
 

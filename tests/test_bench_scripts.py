@@ -38,22 +38,38 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         )
         assert figures["zero_stage"] == 2
     assert result["d_inference_1k"]["image"] == "32²" and result["d_inference_1k"]["batch"] == 2
-    assert set(result["d_inference_1k"]["seconds"]) == {"stage_1", "decode"}
+    assert set(result["d_inference_1k"]["seconds"]) == {"context_1", "stage_1", "decode"}
+    assert result["d_inference_1k"]["decode"] == "whole"
     assert result["e_inference_2k_cascade"]["image"] == "64²"
-    assert set(result["e_inference_2k_cascade"]["seconds"]) == {"stage_1", "stage_2", "decode"}
+    assert set(result["e_inference_2k_cascade"]["seconds"]) == {
+        "context_1",
+        "stage_1",
+        "context_2",
+        "stage_2",
+        "decode",
+    }
     comparison = result["f_model_level"]["batch_2"]
     assert comparison["ours_ms"] > 0 and comparison["reference_ms"] > 0
-    compiled = result["g_inference_1k_compiled"]["nfe"]
+    compiled = result["g_inference_1k_compiled_nchw"]["nfe"]
     assert set(compiled) == {"2", "1"}
-    assert all(
-        f["warmup_s"] > 0 and f["per_evaluation_ms"] > 0 and f["decode_per_image_s"] > 0
-        for f in compiled.values()
-    )
+    for figures in compiled.values():
+        assert figures["warmup_s"] > 0 and figures["context_s"] > 0
+        assert figures["per_evaluation_ms"] > 0 and figures["decode_per_image_s"] > 0
+    layouts = result["h_eager_layouts_1k"]
+    for layout in ("nchw", "nhwc"):
+        assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
+        assert layouts[f"decode_bf16_{layout}_s_per_image"] > 0
+    assert layouts["decode_fp32_nchw_s_per_image"] > 0
+    variants = ("compile_channels_last", "compile_channels_last_fused_adamw", "eager", "eager_fused_adamw")
+    for variant in variants:
+        figures = result[f"i_train_cfm_1k_zero0_{variant}"]
+        assert figures["zero_stage"] == 0 and figures["samples_per_s"] > 0 and figures["loss_finite"]
+        assert figures["compile"] == variant.startswith("compile")
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
 def test_the_step_profile_reports_a_step_time_and_the_costliest_operators(tmp_path, mode):
-    overrides = ["deepspeed.zero_optimization.stage=0", "data.batch_size=1"]
+    overrides = ["deepspeed.zero_optimization.stage=0", "data.batch_size=1", "train.compile=false"]
     run_bench(
         "bench/profile_step.py",
         "configs/cfm_1k.yaml",
