@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_output import report
-from device_timing import timed_seconds
+from device_timing import seconds_after_warmup
 
 from fmboost.models.unet import AttentionBlock
 
@@ -53,8 +53,7 @@ def strided_layout(block: AttentionBlock) -> Callable[[torch.Tensor], torch.Tens
 
 
 def median_ms(function: Callable[[], object], repeats: int, device: torch.device) -> float:
-    times = [timed_seconds(function, device) for _ in range(repeats + 2)]  # the first two are warm-up
-    return round(1000 * statistics.median(times[2:]), 3)
+    return round(1000 * statistics.median(seconds_after_warmup(function, device, repeats, warmup=2)), 3)
 
 
 def main() -> None:

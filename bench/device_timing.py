@@ -18,3 +18,12 @@ def timed_seconds(function: Callable[[], object], device: torch.device) -> float
     function()
     synchronize(device)
     return time.perf_counter() - started
+
+
+def seconds_after_warmup(
+    function: Callable[[], object], device: torch.device, calls: int, warmup: int = 1
+) -> list[float]:
+    """Seconds of each of ``calls`` timed calls, after ``warmup`` untimed ones (kernel choice, allocator)."""
+    for _ in range(warmup):
+        function()
+    return [timed_seconds(function, device) for _ in range(calls)]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from bench_output import report, write
-from device_timing import synchronize, timed_seconds
+from device_timing import seconds_after_warmup, synchronize
 from model_level import model_level
 
 from fmboost.config import FMBoostConfig
@@ -235,10 +235,8 @@ def compiled_inference_figures(
     return figures
 
 
-def median_seconds(function: Callable[[], object], device: torch.device, calls: int = 5) -> float:
-    """Median of ``calls`` timed calls after one untimed call (kernel choice, allocator)."""
-    function()
-    return statistics.median(timed_seconds(function, device) for _ in range(calls))
+def median_seconds(function: Callable[[], object], device: torch.device) -> float:
+    return statistics.median(seconds_after_warmup(function, device, calls=5))
 
 
 def eager_layout_figures(stage, vae, device: torch.device, batch: int, latent: int, nfe: int) -> dict:

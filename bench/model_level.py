@@ -14,6 +14,7 @@ from device_timing import timed_seconds
 from unet_reference import unet_forward
 
 from fmboost.config import UNetConfig
+from fmboost.devices import autocast_to
 from fmboost.models.unet import UNet
 
 ATTENTION_HEAVY = UNetConfig(
@@ -57,7 +58,7 @@ def model_level(rounds: int, device: torch.device, batch: int = 2, bf16: bool = 
         )
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return autocast_to(torch.bfloat16 if bf16 else torch.float32, device)
 
     def ours() -> None:
         with autocast():
