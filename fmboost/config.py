@@ -139,6 +139,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: no clipping, as in the released trainer
     grad_accum: int = 1
     precision: str = "auto"
+    bf16_weights: bool = False  # bf16 module weights, fp32 masters in the optimizer (needs bf16 precision)
     ema_beta: float = 0.999
     ema_power: float = 0.75
     ema_update_after_step: int = 0

@@ -14,6 +14,11 @@ def validate_training(config: FMBoostConfig) -> None:
 
     train = config.train
     require(train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}")
+    require(
+        not train.bf16_weights or train.precision in ("auto", "bf16"),
+        "train.bf16_weights",
+        f"needs train.precision bf16 (auto on a GPU), not {train.precision}",
+    )
     require(train.grad_clip >= 0, "train.grad_clip", "must not be negative (0 turns clipping off)")
     require(
         train.resume in ("auto", "never") or Path(train.resume).is_dir(),

@@ -168,6 +168,7 @@ class Checkpointer:
         import torch.distributed as dist
 
         directory = self.directory_for(state.step)
+        self.ema.make_whole()
         failure = None
         try:
             self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)

@@ -51,6 +51,12 @@ def deepspeed_config(config: FMBoostConfig, device: torch.device) -> dict[str, A
     section.setdefault("wall_clock_breakdown", False)
     if precision in ("bf16", "fp16"):
         section["torch_autocast"] = mixed_precision(precision)
+    if config.train.bf16_weights:
+        if precision != "bf16":
+            raise ConfigError(
+                f"train.bf16_weights: needs train.precision bf16, but it is {precision} on {device.type}"
+            )
+        section["bf16"] = {"enabled": True}
     return section
 
 
@@ -60,6 +66,11 @@ def mixed_precision(precision: str) -> dict[str, Any]:
     DeepSpeed's ``torch_autocast`` keeps the module in fp32 and autocasts its forward (our objectives
     keep the path and the loss in fp32 inside it). No module is listed as lower-precision safe, so
     gradients are reduced in fp32, as with fp32 parameters under DDP.
+
+    ``train.bf16_weights`` keeps this autocast (the inputs, the flow path and the fp32-listed ops
+    stay as they are) and adds DeepSpeed's ``bf16`` mode: bf16 module weights, so the per-step casts
+    of the weights go, and fp32 master weights in DeepSpeed's optimizer wrapper. Gradients are then
+    bf16, reduced and, with ``train.grad_accum`` > 1 and no ZeRO, accumulated in bf16.
     """
     return {
         "enabled": True,

@@ -34,6 +34,7 @@ from fmboost.training.efficiency import model_flops_utilisation, peak_flops, tra
 from fmboost.training.engine_setup import build_engine
 from fmboost.training.hot_loop import LossWindow, StopCheck, freeze_setup_objects, memory_format
 from fmboost.training.init_from import load_initial_weights
+from fmboost.training.master_weights import master_weight_fragments
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
 
@@ -129,7 +130,8 @@ def train_in_run_folder(
         initialised_from = load_initial_weights(model, settings.init_from)
         logger.info("initialised the weights (and the EMA) from %s", initialised_from)
     record_teacher(model.flow_config, manifest, initialised_from)
-    # Every rank keeps the EMA (ZeRO 0-2 leave each rank the whole fp32 weights), so none waits for it.
+    # Every rank keeps the EMA (ZeRO 0-2 leave each rank the whole weights), so none waits for it; with
+    # train.bf16_weights it averages the fp32 masters, and under ZeRO 1-2 each rank its own part of them.
     ema = EMA(model, settings.ema_beta, settings.ema_power, settings.ema_update_after_step)
     ema.shadow.to(device)  # its update counter stays on the CPU: reading it is no device sync
     precision = resolve_precision(settings.precision, device)
@@ -152,6 +154,10 @@ def train_in_run_folder(
                 config.data.num_workers,
             )
         logger.info("resumed from %s at step %d (%d images seen)", resume_from, state.step, state.images_seen)
+    if settings.bf16_weights:  # the optimizer's fp32 masters, found once the checkpoint is loaded
+        ema.follow_master_weights(
+            master_weight_fragments(engine), engine.zero_optimization() and env.world_size > 1
+        )
 
     # ------------------------------------------------------------------ setup: tracking, validation, stream
     logging_config = config.logging
@@ -271,6 +277,8 @@ def train_in_run_folder(
                 status = "preempted"
                 break
 
+        if state.step % settings.validate_every == 0:
+            ema.make_whole()
         if validator is not None and state.step % settings.validate_every == 0:
             metrics, grid = validator.run(ema.shadow, state.step, run_dir / "samples")
             tracker.log_metrics(metrics, state.step)

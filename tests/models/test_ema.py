@@ -52,3 +52,25 @@ def test_the_ema_refuses_to_average_a_low_precision_copy_of_the_weights():
     ema = EMA(model)
     with pytest.raises(TypeError, match=r"averages torch.float32 weights, but weight is torch.bfloat16"):
         ema.update(torch.nn.Linear(2, 1).bfloat16())
+
+
+def test_following_master_weights_averages_the_fp32_masters_piece_by_piece():
+    """With bf16 module weights the EMA reads the optimizer's fp32 masters, which may come in pieces
+    (offset into the flattened parameter, flat tensor): 1 + 2**-10 survives, its bf16 copy would be 1."""
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, beta=0.5)
+    low = model.bfloat16()
+    weight_master = torch.full((4,), 1 + 2**-10)
+    bias_master = torch.tensor([3.0, 5.0])
+    ema.follow_master_weights(
+        {"weight": [(0, weight_master[:3]), (3, weight_master[3:])], "bias": [(0, bias_master)]},
+        partitioned=False,
+    )
+    ema.update(low)
+    ema.update(low)  # two warm-up copies
+    decay = ema.current_decay()
+    assert decay == pytest.approx(1 - 2**-0.75)
+    bias_master.fill_(1.0)  # the optimizer steps the masters in place
+    ema.update(low)
+    torch.testing.assert_close(ema.shadow.bias, torch.tensor([3.0, 5.0]) * decay + (1 - decay))
+    torch.testing.assert_close(ema.shadow.weight, torch.full((2, 2), 1 + 2**-10), rtol=0, atol=0)

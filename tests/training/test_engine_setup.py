@@ -37,6 +37,22 @@ def test_mixed_precision_autocasts_the_forward_and_keeps_fp32_weights_and_gradie
     assert "bf16" not in section and "fp16" not in section, "DeepSpeed must not cast the module itself"
 
 
+def test_bf16_weights_add_deepspeed_bf16_under_the_same_autocast():
+    config = load_config(None, ["train.precision=bf16", "train.bf16_weights=true"])
+    section = deepspeed_config(config, torch.device("cpu"))
+    assert section["bf16"] == {"enabled": True}, "bf16 module weights, fp32 masters in the optimizer"
+    assert section["torch_autocast"]["dtype"] == "bfloat16"
+
+
+def test_bf16_weights_need_bf16_precision():
+    with pytest.raises(ConfigError, match="train.bf16_weights: needs train.precision bf16"):
+        load_config(None, ["train.precision=fp32", "train.bf16_weights=true"])
+    on_cpu = load_config(None, ["train.precision=auto", "train.bf16_weights=true"])
+    with pytest.raises(ConfigError, match="needs train.precision bf16, but it is fp32 on cpu"):
+        deepspeed_config(on_cpu, torch.device("cpu"))
+    assert deepspeed_config(on_cpu, torch.device("cuda"))["bf16"] == {"enabled": True}
+
+
 def test_auto_precision_is_bf16_mixed_on_gpus():
     section = deepspeed_config(load_config(None, ["train.precision=auto"]), torch.device("cuda"))
     assert section["torch_autocast"]["dtype"] == "bfloat16"

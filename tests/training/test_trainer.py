@@ -19,6 +19,7 @@ from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
 from fmboost.models import EMA, FMBoostModel
 from fmboost.objectives import CouplingFlowMatching
+from fmboost.training import trainer as trainer_module
 from fmboost.training.trainer import NonFiniteLossError, train
 from tests.conftest import REPO_ROOT
 from tests.training.helpers import build_latents, training_overrides
@@ -120,6 +121,43 @@ def test_bf16_mixed_training_autocasts_only_the_network_and_keeps_fp32_weights_l
     assert all(entry["train/grad_norm"] > 0 for entry in logged if "train/grad_norm" in entry), "ZeRO-0 too"
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_bf16_weights_train_a_bf16_module_and_the_ema_copies_the_fp32_masters(
+    tmp_path, latents, monkeypatch, stage
+):
+    """With ``train.bf16_weights`` the module holds bf16 weights and DeepSpeed's optimizer the fp32
+    masters; the EMA (here still copying: its warm-up lasts past the run) must export the masters."""
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(
+        latents, run_dir, max_steps=3, checkpoint_every=3, precision="bf16", bf16_weights="true"
+    )
+    settings = ["train.validate_every=100", "train.ema_update_after_step=100"]
+    config = load_config(
+        REPO_ROOT / "configs/demo/tiny_cpu.yaml",
+        [*overrides, *settings, f"deepspeed.zero_optimization.stage={stage}"],
+    )
+    found, original = {}, trainer_module.master_weight_fragments
+
+    def recording_fragments(engine):
+        found["engine"], found["fragments"] = engine, original(engine)
+        return found["fragments"]
+
+    monkeypatch.setattr(trainer_module, "master_weight_fragments", recording_fragments)
+    result = train(config, DistributedEnv())
+    module = dict(found["engine"].module.named_parameters())
+    exported = load_file(str(result.export_dir / "model.safetensors"))
+    assert {param.dtype for param in module.values()} == {torch.bfloat16}
+    assert set(found["fragments"]) == set(module)
+    rounding_lost = 0
+    for name, pieces in found["fragments"].items():
+        master = torch.cat([piece for _, piece in sorted(pieces, key=lambda item: item[0])])
+        assert master.dtype == torch.float32 and master.numel() == module[name].numel(), name
+        torch.testing.assert_close(exported[name.removeprefix("net.")].view(-1), master, rtol=0, atol=0)
+        torch.testing.assert_close(module[name].detach().view(-1), master.bfloat16(), rtol=0, atol=0)
+        rounding_lost += int((master.bfloat16().float() != master).sum())
+    assert rounding_lost > 0, "the masters hold what bf16 cannot"
+
+
 def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(tmp_path, latents):
     steps = dict(max_steps=10, checkpoint_every=4, validate_every=100, precision="bf16")
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
@@ -214,6 +252,41 @@ def test_the_same_trainer_runs_under_torchrun_with_two_processes(tmp_path, laten
     assert "finished at step 2" in result.stdout
     state = json.loads((run_dir / "checkpoints/step_00000002/trainer_state.json").read_text())
     assert state["images_seen"] == 2 * 2 * 4
+
+
+def test_two_ranks_with_partitioned_fp32_masters_export_the_ema_of_the_whole_masters(tmp_path, latents):
+    """ZeRO-2 leaves each rank the masters of its own partition; each rank averages its part and the
+    checkpoint assembles them, so the export (an EMA still copying) equals the whole fp32 masters."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(
+        latents, run_dir, max_steps=2, checkpoint_every=2, validate_every=100, precision="bf16"
+    )
+    settings = [
+        "train.bf16_weights=true",
+        "train.ema_update_after_step=100",
+        "deepspeed.zero_optimization.stage=2",
+    ]
+    port = f"--master_port={29700 + os.getpid() % 200}"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        port,
+        "-m",
+        "fmboost.train",
+    ]
+    command += ["configs/demo/tiny_cpu.yaml", *overrides, *settings]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    masters = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag="step_00000002")
+    exported = load_file(str(run_dir / "checkpoints/step_00000002/export/model.safetensors"))
+    assert set(exported) == {name.removeprefix("net.") for name in masters}
+    for name, master in masters.items():
+        torch.testing.assert_close(exported[name.removeprefix("net.")], master, rtol=0, atol=0)
 
 
 def test_training_refuses_shards_whose_stored_context_is_another_psu_variant(tmp_path, latents):
