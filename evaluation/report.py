@@ -1,4 +1,5 @@
-"""Writing evaluation results: ``results.json``, a markdown table like the paper's, and plots against NFE."""
+"""Writing evaluation results: ``results.json``, a markdown table like the paper's, plots against NFE,
+and the training-loss curves of an experiment's arms."""
 
 import json
 from pathlib import Path
@@ -78,6 +79,33 @@ def plot_against_nfe(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
     return written
+
+
+def training_losses(run_dir: Path) -> dict[int, float]:
+    """The training loss a run logged, by step; after a resume the later line for a step replaces the
+    earlier one, so the curve is the one the final weights came from."""
+    losses = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "train/loss" in entry:
+            losses[entry["step"]] = entry["train/loss"]
+    return dict(sorted(losses.items()))
+
+
+def plot_training_losses(losses: dict[str, dict[int, float]], path: Path) -> Path:
+    """One curve per arm, so arms trained from the same seed over the same steps compare at a glance."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, curve in losses.items():
+        axis.plot(list(curve), list(curve.values()), label=name)
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss (mean over the log interval)")
+    axis.set_title("training loss")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def write_results(rows: list[dict[str, Any]], settings: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -17,9 +17,10 @@
    once the teacher arm is trained; it trains after what it names.
 4. *Evaluation*: every arm and baseline on the same held-out latents, seeds and NFE list.
 
-Writes ``results.json`` (``{"arms": {ARM: {"nfe": {N: {metric: value}}}}, "baselines": {NAME: {metric:
-value}}}``), ``results.md`` (a table shaped like the paper's), ``samples_grid.png`` (side by side),
-``plots/`` (each metric against NFE) and one MLflow parent run with a child run per arm. Every step
+Writes ``results.json`` (``{"arms": {ARM: {"nfe": {N: {metric: value}}, "train_loss": {STEP: loss}}},
+"baselines": {NAME: {metric: value}}}``), ``results.md`` (a table shaped like the paper's),
+``samples_grid.png`` (side by side), ``plots/`` (each metric against NFE, and ``train_loss.png``: every
+arm's training loss against step) and one MLflow parent run with a child run per arm. Every step
 resumes: rerun the same command after an interruption.
 """
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.experiment_config import DEGRADED, ExperimentConfig, load_experiment_config, references
-from evaluation.report import METRIC_TITLES
+from evaluation.report import METRIC_TITLES, plot_training_losses, training_losses
 from fmboost.cli import report_errors
 from fmboost.errors import FMBoostError
 
@@ -265,6 +266,9 @@ def report(
     shutil.copyfile(eval_dir / "samples_grid.png", root / "samples_grid.png")
     shutil.copyfile(eval_dir / "samples_grid.txt", root / "samples_grid.txt")
     shutil.copytree(eval_dir / "plots", root / "plots", dirs_exist_ok=True)
+    plot_training_losses(
+        {name: arm["train_loss"] for name, arm in results["arms"].items()}, root / "plots" / "train_loss.png"
+    )
 
     tracking_uri = config.logging.tracking_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
     parent = Tracker(
@@ -311,6 +315,8 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     evaluated = evaluate(eval_config)
     timings["evaluate"] = time.perf_counter() - started - sum(timings.values())
     results = tables(evaluated["rows"], [arm.name for arm in config.arms])
+    for arm in config.arms:
+        results["arms"][arm.name]["train_loss"] = training_losses(run_dirs[arm.name])
     results["settings"] = {"images": counts, "seconds": {k: round(v, 1) for k, v in timings.items()}}
     report(config, root, results, root / "eval", {"arms": [asdict(arm) for arm in config.arms], **counts})
     return results

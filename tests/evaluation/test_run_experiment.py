@@ -81,6 +81,13 @@ def test_an_experiment_encodes_trains_every_arm_evaluates_them_together_and_resu
     assert results["settings"]["images"] == {"train": 6, "eval": 3}
     assert (root / "results.md").read_text().startswith("| method | NFE | PSNR ↑ | SSIM ↑ | HF ratio")
     assert (root / "samples_grid.png").is_file() and (root / "plots" / "psnr_vs_nfe.png").is_file()
+    for arm in ("cfm", "l2"):  # the loss each arm logged at steps 1 and 2, as plotted
+        logged = [
+            json.loads(line) for line in (root / "runs" / arm / "metrics.jsonl").read_text().splitlines()
+        ]
+        expected = {str(entry["step"]): entry["train/loss"] for entry in logged if "train/loss" in entry}
+        assert results["arms"][arm]["train_loss"] == expected and set(expected) == {"1", "2"}
+    assert (root / "plots" / "train_loss.png").is_file()
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     parent = client.get_run((root / "mlflow_runs" / "experiment" / "mlflow_run_id").read_text())
@@ -116,6 +123,7 @@ def test_an_experiment_without_image_folders_or_with_duplicate_arms_is_refused(t
         ("table2_mini", ["cfm", "fm", "dm", "l1", "l2"]),
         ("noise_aug_mini", ["k0", "k200", "k400", "k600", "k800"]),
         ("upsampling_mini", ["nearest", "bilinear", "psu"]),
+        ("bf16_weights_mini", ["bf16_mixed", "bf16_weights"]),
     ],
 )
 def test_the_shipped_experiments_load_with_their_arms_and_valid_training_configs(tmp_path, name, arms):

@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from evaluation.report import training_losses
 from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
@@ -43,16 +44,6 @@ def run_in_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
         text=True,
         **kwargs,
     )
-
-
-def losses(run_dir) -> dict[int, float]:
-    """Training loss by step; a later line for the same step (after a resume) replaces the earlier one."""
-    table = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "train/loss" in entry:
-            table[entry["step"]] = entry["train/loss"]
-    return table
 
 
 def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_path, latents):
@@ -172,7 +163,7 @@ def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(t
     deadline = time.time() + 300
     while (
         time.time() < deadline
-        and len(losses(interrupted) if (interrupted / "metrics.jsonl").exists() else {}) < 6
+        and len(training_losses(interrupted) if (interrupted / "metrics.jsonl").exists() else {}) < 6
     ):
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
@@ -185,7 +176,7 @@ def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(t
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "resumed from" in output
-    expected, actual = losses(reference), losses(interrupted)
+    expected, actual = training_losses(reference), training_losses(interrupted)
     assert sorted(actual) == list(range(1, 11))
     for step in range(1, 11):
         assert actual[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-7), f"step {step}"
