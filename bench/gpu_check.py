@@ -16,7 +16,8 @@ CUDA graphs on CUDA) at NFE 40, 4, 2 and 1, weights in NCHW (as the pipeline lea
 NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation, decode per image;
 (h) eager, the same U-Net and decoder in NCHW and NHWC, the decode in fp32 and bf16; (i) training as
 (a) at ZeRO stage 0 (what a one-GPU run should use): eager and with ``train.compile`` +
-``train.channels_last``, each with and without ``train.fused_optimizer``.
+``train.channels_last``, each with and without ``train.fused_optimizer``, and with ``train.bf16_weights``
+(bf16 module weights, fp32 masters; compiled only on a GPU).
 Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
@@ -127,6 +128,7 @@ def training_figures(config: FMBoostConfig, latent: int, device: torch.device, s
         "precision": precision,
         "channels_last": config.train.channels_last,
         "compile": config.train.compile,
+        "bf16_weights": config.train.bf16_weights,
         "engine_setup_s": round(setup_s, 1),
         "zero_stage": config.deepspeed["zero_optimization"]["stage"],
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -277,7 +279,18 @@ TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run sho
     ],
     "eager": EAGER,
     "eager_fused_adamw": [*EAGER, "train.fused_optimizer=true"],
+    "eager_bf16_weights": [*EAGER, "train.precision=bf16", "train.bf16_weights=true"],
+    "compile_channels_last_fused_adamw_bf16_weights": [
+        "train.compile=true",
+        "train.channels_last=true",
+        "train.fused_optimizer=true",
+        "train.precision=bf16",
+        "train.bf16_weights=true",
+    ],
 }
+# With --small: bf16 graphs compiled on a CPU take a minute more and check no code the two compiled
+# fp32 variants and the eager bf16-weights variant do not already run.
+NOT_SMALL = {"compile_channels_last_fused_adamw_bf16_weights"}
 
 
 def main() -> None:
@@ -294,7 +307,8 @@ def main() -> None:
         help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
         "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1 (weights NCHW, "
         "then NHWC; NCHW only with --small); (h) eager U-Net and decode in NCHW and NHWC, decode in fp32 "
-        "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager",
+        "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager, and bf16 "
+        "module weights with fp32 masters (train.bf16_weights)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
@@ -359,6 +373,8 @@ def main() -> None:
             record(f"g_inference_1k_compiled_{name}", figures)
     if "i" in args.parts:
         for name, overrides in TRAINING_VARIANTS.items():
+            if args.small and name in NOT_SMALL:
+                continue
             zero_0 = ["deepspeed.zero_optimization.stage=0", *overrides]
             config = paper_config("configs/cfm_1k.yaml", args.small, zero_0)
             record(f"i_train_cfm_1k_zero0_{name}", training_figures(config, high, device, steps))

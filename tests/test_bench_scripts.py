@@ -60,11 +60,19 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
         assert layouts[f"decode_bf16_{layout}_s_per_image"] > 0
     assert layouts["decode_fp32_nchw_s_per_image"] > 0
-    variants = ("compile_channels_last", "compile_channels_last_fused_adamw", "eager", "eager_fused_adamw")
+    variants = (
+        "compile_channels_last",
+        "compile_channels_last_fused_adamw",
+        "eager",
+        "eager_fused_adamw",
+        "eager_bf16_weights",
+    )
     for variant in variants:
         figures = result[f"i_train_cfm_1k_zero0_{variant}"]
         assert figures["zero_stage"] == 0 and figures["samples_per_s"] > 0 and figures["loss_finite"]
         assert figures["compile"] == variant.startswith("compile")
+        assert figures["bf16_weights"] == variant.endswith("bf16_weights")
+    assert result["i_train_cfm_1k_zero0_eager_bf16_weights"]["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
