@@ -113,30 +113,35 @@ def test_bf16_mixed_training_autocasts_only_the_network_and_keeps_fp32_weights_l
 
 
 @pytest.mark.parametrize("stage", [0, 1])
-def test_bf16_weights_train_a_bf16_module_and_the_ema_copies_the_fp32_masters(
+def test_bf16_weights_train_a_bf16_module_export_the_fp32_masters_and_resume_exactly(
     tmp_path, latents, monkeypatch, stage
 ):
     """With ``train.bf16_weights`` the module holds bf16 weights and DeepSpeed's optimizer the fp32
-    masters; the EMA (here still copying: its warm-up lasts past the run) must export the masters."""
-    run_dir = tmp_path / "run"
-    overrides = training_overrides(
-        latents, run_dir, max_steps=3, checkpoint_every=3, precision="bf16", bf16_weights="true"
-    )
-    settings = ["train.validate_every=100", "train.ema_update_after_step=100"]
-    config = load_config(
-        REPO_ROOT / "configs/demo/tiny_cpu.yaml",
-        [*overrides, *settings, f"deepspeed.zero_optimization.stage={stage}"],
-    )
+    masters; the EMA (here still copying: its warm-up lasts past the run) must export the masters, and
+    a run stopped at step 2 and resumed (masters and EMA from the checkpoint) ends where 4 steps do."""
     found, original = {}, trainer_module.master_weight_fragments
 
     def recording_fragments(engine):
         found["engine"], found["fragments"] = engine, original(engine)
         return found["fragments"]
 
+    def run(run_dir, max_steps):
+        overrides = training_overrides(
+            latents, run_dir, max_steps=max_steps, checkpoint_every=2, precision="bf16", bf16_weights="true"
+        )
+        settings = [
+            "train.validate_every=100",
+            "train.ema_update_after_step=100",
+            f"deepspeed.zero_optimization.stage={stage}",
+        ]
+        return train(
+            load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", [*overrides, *settings]), DistributedEnv()
+        )
+
     monkeypatch.setattr(trainer_module, "master_weight_fragments", recording_fragments)
-    result = train(config, DistributedEnv())
+    reference = run(tmp_path / "reference", 4)
     module = dict(found["engine"].module.named_parameters())
-    exported = load_file(str(result.export_dir / "model.safetensors"))
+    exported = load_file(str(reference.export_dir / "model.safetensors"))
     assert {param.dtype for param in module.values()} == {torch.bfloat16}
     assert set(found["fragments"]) == set(module)
     rounding_lost = 0
@@ -147,6 +152,14 @@ def test_bf16_weights_train_a_bf16_module_and_the_ema_copies_the_fp32_masters(
         torch.testing.assert_close(module[name].detach().view(-1), master.bfloat16(), rtol=0, atol=0)
         rounding_lost += int((master.bfloat16().float() != master).sum())
     assert rounding_lost > 0, "the masters hold what bf16 cannot"
+
+    run(tmp_path / "resumed", 2)
+    resumed = run(tmp_path / "resumed", 4)
+    assert training_losses(resumed.run_dir) == training_losses(reference.run_dir)
+    actual = load_file(str(resumed.export_dir / "model.safetensors"))
+    assert actual.keys() == exported.keys()
+    for name in exported:
+        torch.testing.assert_close(actual[name], exported[name], rtol=0, atol=0)
 
 
 def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(tmp_path, latents):
