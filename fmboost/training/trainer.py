@@ -278,12 +278,14 @@ def train_in_run_folder(
                 break
 
         if state.step % settings.validate_every == 0:
-            ema.make_whole()
-        if validator is not None and state.step % settings.validate_every == 0:
-            metrics, grid = validator.run(ema.shadow, state.step, run_dir / "samples")
-            tracker.log_metrics(metrics, state.step)
-            tracker.log_artifact(grid, "samples")
-            logger.info("step %d validation: %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
+            ema.make_whole()  # on every rank: with partitioned masters each holds a part of the average
+            if validator is not None:
+                metrics, grid = validator.run(ema.shadow, state.step, run_dir / "samples")
+                tracker.log_metrics(metrics, state.step)
+                tracker.log_artifact(grid, "samples")
+                logger.info(
+                    "step %d validation: %s", state.step, {k: round(v, 4) for k, v in metrics.items()}
+                )
 
         if state.step % settings.checkpoint_every == 0:
             save_checkpoint()

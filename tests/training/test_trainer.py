@@ -260,12 +260,13 @@ def test_the_same_trainer_runs_under_torchrun_with_two_processes(tmp_path, laten
 
 def test_two_ranks_with_partitioned_fp32_masters_export_the_ema_of_the_whole_masters(tmp_path, latents):
     """ZeRO-2 leaves each rank the masters of its own partition; each rank averages its part and the
-    checkpoint assembles them, so the export (an EMA still copying) equals the whole fp32 masters."""
+    validation and the checkpoint assemble them, so the export (an EMA still copying) equals the whole
+    fp32 masters."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     run_dir = tmp_path / "run"
     overrides = training_overrides(
-        latents, run_dir, max_steps=2, checkpoint_every=2, validate_every=100, precision="bf16"
+        latents, run_dir, max_steps=2, checkpoint_every=2, validate_every=2, precision="bf16"
     )
     settings = [
         "train.bf16_weights=true",
