@@ -56,6 +56,11 @@ def deepspeed_config(config: FMBoostConfig, device: torch.device) -> dict[str, A
             raise ConfigError(
                 f"train.bf16_weights: needs train.precision bf16, but it is {precision} on {device.type}"
             )
+        if stage == 0 and accumulates_in_fp32(config):
+            raise ConfigError(
+                "deepspeed.data_types.grad_accum_dtype: fp32 accumulation with train.bf16_weights needs "
+                "ZeRO stage 1 or 2 (DeepSpeed has no such optimizer at stage 0)"
+            )
         section["bf16"] = {"enabled": True}
     return section
 
@@ -70,7 +75,8 @@ def mixed_precision(precision: str) -> dict[str, Any]:
     ``train.bf16_weights`` keeps this autocast (the inputs, the flow path and the fp32-listed ops
     stay as they are) and adds DeepSpeed's ``bf16`` mode: bf16 module weights, so the per-step casts
     of the weights go, and fp32 master weights in DeepSpeed's optimizer wrapper. Gradients are then
-    bf16, reduced and, with ``train.grad_accum`` > 1 and no ZeRO, accumulated in bf16.
+    bf16 and reduced in bf16; with ``train.grad_accum`` > 1 they are also accumulated in bf16 unless
+    ``deepspeed.data_types.grad_accum_dtype`` is fp32 (ZeRO 1-2 only).
     """
     return {
         "enabled": True,
@@ -88,6 +94,25 @@ def single_gpu_zero_advice(config: FMBoostConfig, device: torch.device, world_si
     return (
         f"ZeRO stage {stage} on a single GPU partitions nothing and slows each step (15 % on an H100 for "
         "the paper U-Net); deepspeed.zero_optimization.stage=0 is faster for one-GPU runs"
+    )
+
+
+FP32_NAMES = ("fp32", "float32", "float", "torch.float32")  # what DeepSpeed's DtypeEnum reads as fp32
+
+
+def accumulates_in_fp32(config: FMBoostConfig) -> bool:
+    """Whether ``deepspeed.data_types.grad_accum_dtype`` asks for fp32 (unset: the weights' dtype)."""
+    return str(config.deepspeed.get("data_types", {}).get("grad_accum_dtype")) in FP32_NAMES
+
+
+def bf16_accumulation_advice(config: FMBoostConfig) -> str | None:
+    """A warning for ``train.bf16_weights`` with gradient accumulation in bf16 (DeepSpeed's default for
+    bf16 weights): summing the micro-batches' gradients in bf16 loses the small ones as the sum grows."""
+    if not config.train.bf16_weights or config.train.grad_accum == 1 or accumulates_in_fp32(config):
+        return None
+    return (
+        f"train.bf16_weights with train.grad_accum={config.train.grad_accum} accumulates the gradients in "
+        "bf16; deepspeed.data_types.grad_accum_dtype=fp32 (ZeRO stage 1 or 2) accumulates them in fp32"
     )
 
 
@@ -124,9 +149,12 @@ def build_engine(
     precision = resolve_precision(config.train.precision, device)
     autocast_dtype = None if precision == "fp32" else precision_dtype(precision, device)
     notes = apply_throughput_options(model, config.train, device, autocast_dtype, batch_shape)
-    advice = single_gpu_zero_advice(config, device, torch.distributed.get_world_size())
-    if advice:
-        logger.warning(advice)
+    for advice in (
+        single_gpu_zero_advice(config, device, torch.distributed.get_world_size()),
+        bf16_accumulation_advice(config),
+    ):
+        if advice:
+            logger.warning(advice)
     optimizer = build_optimizer(model, config)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,

@@ -4,6 +4,7 @@ import torch
 from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
 from fmboost.training.engine_setup import (
+    bf16_accumulation_advice,
     build_optimizer,
     deepspeed_config,
     single_gpu_zero_advice,
@@ -51,6 +52,21 @@ def test_bf16_weights_need_bf16_precision():
     with pytest.raises(ConfigError, match="needs train.precision bf16, but it is fp32 on cpu"):
         deepspeed_config(on_cpu, torch.device("cpu"))
     assert deepspeed_config(on_cpu, torch.device("cuda"))["bf16"] == {"enabled": True}
+
+
+def test_bf16_weights_warn_when_gradients_accumulate_in_bf16_and_fp32_accumulation_needs_zero():
+    base = ["train.precision=bf16", "train.bf16_weights=true", "train.grad_accum=4"]
+    in_bf16 = load_config(None, base)
+    assert "accumulates the gradients in bf16" in bf16_accumulation_advice(in_bf16)
+    in_fp32 = ["deepspeed.data_types.grad_accum_dtype=fp32"]
+    assert bf16_accumulation_advice(load_config(None, [*base, *in_fp32])) is None
+    assert bf16_accumulation_advice(load_config(None, [*base, "train.grad_accum=1"])) is None
+    assert bf16_accumulation_advice(load_config(None, ["train.precision=bf16", "train.grad_accum=4"])) is None
+    zero_0 = load_config(None, [*base, *in_fp32, "deepspeed.zero_optimization.stage=0"])
+    with pytest.raises(ConfigError, match="needs ZeRO stage 1 or 2"):
+        deepspeed_config(zero_0, torch.device("cpu"))
+    zero_1 = load_config(None, [*base, *in_fp32, "deepspeed.zero_optimization.stage=1"])
+    assert deepspeed_config(zero_1, torch.device("cpu"))["data_types"] == {"grad_accum_dtype": "fp32"}
 
 
 def test_auto_precision_is_bf16_mixed_on_gpus():

@@ -112,13 +112,24 @@ def test_bf16_mixed_training_autocasts_only_the_network_and_keeps_fp32_weights_l
     assert all(entry["train/grad_norm"] > 0 for entry in logged if "train/grad_norm" in entry), "ZeRO-0 too"
 
 
-@pytest.mark.parametrize("stage", [0, 1])
+BF16_WEIGHT_OPTIMIZERS = {  # DeepSpeed's optimizer wrapper for bf16 weights: by ZeRO stage and accumulation
+    "FP16_UnfusedOptimizer": ["deepspeed.zero_optimization.stage=0"],
+    "BF16_Optimizer": [
+        "deepspeed.zero_optimization.stage=1",
+        "deepspeed.data_types.grad_accum_dtype=fp32",
+        "train.grad_accum=2",
+    ],
+}
+
+
+@pytest.mark.parametrize("wrapper", list(BF16_WEIGHT_OPTIMIZERS))
 def test_bf16_weights_train_a_bf16_module_export_the_fp32_masters_and_resume_exactly(
-    tmp_path, latents, monkeypatch, stage
+    tmp_path, latents, monkeypatch, wrapper
 ):
     """With ``train.bf16_weights`` the module holds bf16 weights and DeepSpeed's optimizer the fp32
     masters; the EMA (here still copying: its warm-up lasts past the run) must export the masters, and
-    a run stopped at step 2 and resumed (masters and EMA from the checkpoint) ends where 4 steps do."""
+    a run stopped at step 2 and resumed (masters and EMA from the checkpoint) ends where 4 steps do.
+    (ZeRO-2's DeepSpeedZeroOptimizer: the two-rank test below.)"""
     found, original = {}, trainer_module.master_weight_fragments
 
     def recording_fragments(engine):
@@ -132,7 +143,7 @@ def test_bf16_weights_train_a_bf16_module_export_the_fp32_masters_and_resume_exa
         settings = [
             "train.validate_every=100",
             "train.ema_update_after_step=100",
-            f"deepspeed.zero_optimization.stage={stage}",
+            *BF16_WEIGHT_OPTIMIZERS[wrapper],
         ]
         return train(
             load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", [*overrides, *settings]), DistributedEnv()
@@ -140,6 +151,7 @@ def test_bf16_weights_train_a_bf16_module_export_the_fp32_masters_and_resume_exa
 
     monkeypatch.setattr(trainer_module, "master_weight_fragments", recording_fragments)
     reference = run(tmp_path / "reference", 4)
+    assert type(found["engine"].optimizer).__name__ == wrapper
     module = dict(found["engine"].module.named_parameters())
     exported = load_file(str(reference.export_dir / "model.safetensors"))
     assert {param.dtype for param in module.values()} == {torch.bfloat16}
