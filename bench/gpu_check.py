@@ -17,7 +17,8 @@ NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation
 (h) eager, the same U-Net and decoder in NCHW and NHWC, the decode in fp32 and bf16; (i) training as
 (a) at ZeRO stage 0 (what a one-GPU run should use): eager and with ``train.compile`` +
 ``train.channels_last``, each with and without ``train.fused_optimizer``, and with ``train.bf16_weights``
-(bf16 module weights, fp32 masters; compiled only on a GPU).
+(bf16 module weights, fp32 masters; compiled only on a GPU) at ZeRO-0 and at ZeRO-1 with fp32
+gradient accumulation (``--variants`` picks some).
 Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
@@ -270,27 +271,32 @@ def eager_layout_figures(stage, vae, device: torch.device, batch: int, latent: i
 
 EAGER = ["train.compile=false", "train.channels_last=false", "train.fused_optimizer=false"]  # (a), (b)
 LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}  # the pipeline's first
-TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run should use)
-    "compile_channels_last": [*EAGER, "train.compile=true", "train.channels_last=true"],
-    "compile_channels_last_fused_adamw": [
-        "train.compile=true",
-        "train.channels_last=true",
-        "train.fused_optimizer=true",
-    ],
-    "eager": EAGER,
-    "eager_fused_adamw": [*EAGER, "train.fused_optimizer=true"],
-    "eager_bf16_weights": [*EAGER, "train.precision=bf16", "train.bf16_weights=true"],
-    "compile_channels_last_fused_adamw_bf16_weights": [
-        "train.compile=true",
-        "train.channels_last=true",
-        "train.fused_optimizer=true",
-        "train.precision=bf16",
-        "train.bf16_weights=true",
+COMPILED_FUSED = ["train.compile=true", "train.channels_last=true", "train.fused_optimizer=true"]
+BF16_WEIGHTS = ["train.precision=bf16", "train.bf16_weights=true"]
+# fp32 gradient accumulation with bf16 weights needs ZeRO 1-2: DeepSpeed's BF16_Optimizer, flat buffers
+BF16_WEIGHTS_ZERO_1 = [
+    *BF16_WEIGHTS,
+    "deepspeed.zero_optimization.stage=1",
+    "deepspeed.data_types.grad_accum_dtype=fp32",
+]
+TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run should use) unless named
+    "zero0_compile_channels_last": [*EAGER, "train.compile=true", "train.channels_last=true"],
+    "zero0_compile_channels_last_fused_adamw": COMPILED_FUSED,
+    "zero0_eager": EAGER,
+    "zero0_eager_fused_adamw": [*EAGER, "train.fused_optimizer=true"],
+    # bf16 weights at ZeRO-0 go through DeepSpeed's FP16_UnfusedOptimizer (per-parameter fp32 gradient
+    # copies, an overflow check each step); at ZeRO-1 with fp32 accumulation through BF16_Optimizer
+    "zero0_eager_bf16_weights": [*EAGER, *BF16_WEIGHTS],
+    "zero0_compile_channels_last_fused_adamw_bf16_weights": [*COMPILED_FUSED, *BF16_WEIGHTS],
+    "zero1_eager_bf16_weights_fp32_accumulation": [*EAGER, *BF16_WEIGHTS_ZERO_1],
+    "zero1_compile_channels_last_fused_adamw_bf16_weights_fp32_accumulation": [
+        *COMPILED_FUSED,
+        *BF16_WEIGHTS_ZERO_1,
     ],
 }
-# With --small: bf16 graphs compiled on a CPU take a minute more and check no code the two compiled
-# fp32 variants and the eager bf16-weights variant do not already run.
-NOT_SMALL = {"compile_channels_last_fused_adamw_bf16_weights"}
+# With --small: bf16 graphs compiled on a CPU take a minute more each and run no code that the compiled
+# fp32 variants and the eager bf16-weights variants do not already run.
+NOT_SMALL = {name for name in TRAINING_VARIANTS if "compile" in name and "bf16_weights" in name}
 
 
 def main() -> None:
@@ -310,11 +316,21 @@ def main() -> None:
         "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager, and bf16 "
         "module weights with fp32 masters (train.bf16_weights)",
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(TRAINING_VARIANTS),
+        help=f"part (i)'s variants, comma-separated (default: all of {', '.join(TRAINING_VARIANTS)})",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.parts or set(args.parts) - set("abcdefghi"):
         parser.error(f"--parts takes letters a-i, not {args.parts!r}")
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(TRAINING_VARIANTS):
+        parser.error(
+            f"--variants: no variant {', '.join(sorted(unknown))}; choose from {', '.join(TRAINING_VARIANTS)}"
+        )
     if device.type == "cpu" and not args.small:
         parser.error("no CUDA device: run with --small to check the script on a CPU")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -372,12 +388,12 @@ def main() -> None:
             figures = compiled_inference_figures(stage, vae, device, batch_inference, low, nfes, layout)
             record(f"g_inference_1k_compiled_{name}", figures)
     if "i" in args.parts:
-        for name, overrides in TRAINING_VARIANTS.items():
+        for name in variants:
             if args.small and name in NOT_SMALL:
                 continue
-            zero_0 = ["deepspeed.zero_optimization.stage=0", *overrides]
-            config = paper_config("configs/cfm_1k.yaml", args.small, zero_0)
-            record(f"i_train_cfm_1k_zero0_{name}", training_figures(config, high, device, steps))
+            one_gpu = ["deepspeed.zero_optimization.stage=0", *TRAINING_VARIANTS[name]]
+            config = paper_config("configs/cfm_1k.yaml", args.small, one_gpu)
+            record(f"i_train_cfm_1k_{name}", training_figures(config, high, device, steps))
     report(result, args.out)
 
 

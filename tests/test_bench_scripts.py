@@ -60,19 +60,24 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
         assert layouts[f"decode_bf16_{layout}_s_per_image"] > 0
     assert layouts["decode_fp32_nchw_s_per_image"] > 0
-    variants = (
-        "compile_channels_last",
-        "compile_channels_last_fused_adamw",
-        "eager",
-        "eager_fused_adamw",
-        "eager_bf16_weights",
+    on_cpu = [  # the compiled bf16-weights variants run only on a GPU
+        "zero0_compile_channels_last",
+        "zero0_compile_channels_last_fused_adamw",
+        "zero0_eager",
+        "zero0_eager_fused_adamw",
+        "zero0_eager_bf16_weights",
+        "zero1_eager_bf16_weights_fp32_accumulation",
+    ]
+    assert sorted(key for key in result if key.startswith("i_")) == sorted(
+        f"i_train_cfm_1k_{v}" for v in on_cpu
     )
-    for variant in variants:
-        figures = result[f"i_train_cfm_1k_zero0_{variant}"]
-        assert figures["zero_stage"] == 0 and figures["samples_per_s"] > 0 and figures["loss_finite"]
-        assert figures["compile"] == variant.startswith("compile")
-        assert figures["bf16_weights"] == variant.endswith("bf16_weights")
-    assert result["i_train_cfm_1k_zero0_eager_bf16_weights"]["precision"] == "bf16"
+    for variant in on_cpu:
+        figures = result[f"i_train_cfm_1k_{variant}"]
+        assert variant.startswith(f"zero{figures['zero_stage']}_")
+        assert figures["samples_per_s"] > 0 and figures["loss_finite"]
+        assert figures["compile"] == ("compile" in variant)
+        assert figures["bf16_weights"] == ("bf16_weights" in variant)
+        assert figures["precision"] == ("bf16" if "bf16_weights" in variant else "fp32")
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
