@@ -46,6 +46,14 @@ def run_in_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
+def run_on_two_ranks(args: list[str]) -> subprocess.CompletedProcess:
+    """``fmboost.train`` with ``args`` under torchrun, two processes on this machine."""
+    port = f"--master_port={29700 + os.getpid() % 200}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", port]
+    command += ["-m", "fmboost.train", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
 def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_path, latents):
     run_dir = tmp_path / "run"
     process = run_in_subprocess(["configs/demo/tiny_cpu.yaml", *training_overrides(latents, run_dir)])
@@ -251,19 +259,7 @@ def test_gradient_accumulation_counts_images_and_optimizer_steps(tmp_path, laten
 def test_the_same_trainer_runs_under_torchrun_with_two_processes(tmp_path, latents):
     run_dir = tmp_path / "run"
     overrides = training_overrides(latents, run_dir, max_steps=2, checkpoint_every=2, validate_every=100)
-    port = f"--master_port={29700 + os.getpid() % 200}"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        port,
-        "-m",
-        "fmboost.train",
-    ]
-    command += ["configs/demo/tiny_cpu.yaml", *overrides]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = run_on_two_ranks(["configs/demo/tiny_cpu.yaml", *overrides])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished at step 2" in result.stdout
     state = json.loads((run_dir / "checkpoints/step_00000002/trainer_state.json").read_text())
@@ -285,19 +281,7 @@ def test_two_ranks_with_partitioned_fp32_masters_export_the_ema_of_the_whole_mas
         "train.ema_update_after_step=100",
         "deepspeed.zero_optimization.stage=2",
     ]
-    port = f"--master_port={29700 + os.getpid() % 200}"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        port,
-        "-m",
-        "fmboost.train",
-    ]
-    command += ["configs/demo/tiny_cpu.yaml", *overrides, *settings]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = run_on_two_ranks(["configs/demo/tiny_cpu.yaml", *overrides, *settings])
     assert result.returncode == 0, result.stdout + result.stderr
     masters = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag="step_00000002")
     exported = load_file(str(run_dir / "checkpoints/step_00000002/export/model.safetensors"))
