@@ -151,6 +151,7 @@ class TrainConfig:
     resume: str = "auto"
     init_from: str | None = None  # an exported stage or run whose weights (and EMA) start a fresh run
     channels_last: bool = False  # NHWC U-Net activations (faster convolutions on tensor cores)
+    channels_last_group_norm: bool = False  # GroupNorm reads NHWC in place (needs channels_last)
     compile: bool = False  # torch.compile the U-Net; falls back to eager with a warning if it cannot
     fused_optimizer: bool = False  # AdamW as one fused kernel over all parameters (same update rule)
 

@@ -19,6 +19,11 @@ def validate_training(config: FMBoostConfig) -> None:
         "train.bf16_weights",
         f"needs train.precision bf16 (auto on a GPU), not {train.precision}",
     )
+    require(
+        not train.channels_last_group_norm or train.channels_last,
+        "train.channels_last_group_norm",
+        "needs train.channels_last: true (it only changes how NHWC activations are normalised)",
+    )
     require(train.grad_clip >= 0, "train.grad_clip", "must not be negative (0 turns clipping off)")
     require(
         train.resume in ("auto", "never") or Path(train.resume).is_dir(),

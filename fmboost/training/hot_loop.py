@@ -8,9 +8,11 @@ non-finite loss makes that sum non-finite, so it is still caught before any chec
 
 ``train.channels_last`` feeds the U-Net NHWC batches: cuDNN then runs its convolutions, and so the
 activations, in NHWC. The weights stay contiguous: DeepSpeed broadcasts and flattens them as plain
-contiguous memory, which NHWC weights break. ``train.compile`` compiles the U-Net (``nn.Module.compile``,
-so parameter names and exports stay the same); it is tried once on a batch of the training shape
-before DeepSpeed takes the model, and falls back with a warning.
+contiguous memory, which NHWC weights break. ``train.channels_last_group_norm`` has the U-Net's
+GroupNorm layers normalise those NHWC activations where they lie instead of through NCHW copies
+(:mod:`fmboost.models.group_norm`). ``train.compile`` compiles the U-Net (``nn.Module.compile``, so
+parameter names and exports stay the same); it is tried once on a batch of the training shape before
+DeepSpeed takes the model, and falls back with a warning.
 
 Before the first step, everything setup created is frozen out of the garbage collector's reach
 (:func:`freeze_setup_objects`): otherwise each full collection walks the whole heap of DeepSpeed,
@@ -24,6 +26,7 @@ import time
 import torch
 
 from fmboost.config import TrainConfig
+from fmboost.models.group_norm import use_channels_last_group_norm
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +105,12 @@ def apply_throughput_options(
     autocast_dtype: torch.dtype | None,
     example_shape: tuple[int, ...],
 ) -> list[str]:
-    """Compile ``model.net`` if ``settings`` say so; returns what fell back, in words."""
+    """Compile ``model.net`` if ``settings`` say so, after swapping in the NHWC GroupNorm if they say
+    that; returns what fell back, in words."""
     notes = []
+    if settings.channels_last_group_norm:
+        replaced = use_channels_last_group_norm(model.net)
+        logger.info("train.channels_last_group_norm: %d GroupNorm layers normalise NHWC in place", replaced)
     if settings.compile:
         model.net.compile()
         try:

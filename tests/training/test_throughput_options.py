@@ -6,7 +6,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fmboost.config import FlowConfig, TrainConfig
 from fmboost.config_loading import load_config
+from fmboost.errors import ConfigError
 from fmboost.models import FMBoostModel
+from fmboost.models.group_norm import ChannelsLastGroupNorm
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.hot_loop import LossWindow, StopCheck, apply_throughput_options, memory_format
 from tests.conftest import REPO_ROOT, tiny_unet_config
@@ -44,6 +46,20 @@ def test_channels_last_batches_give_the_same_result_and_leave_the_weights_to_dee
     assert all(p.is_contiguous() for p in model.parameters())  # DeepSpeed flattens contiguous weights
     x, t = torch.randn(2, 6, 16, 16), torch.rand(2)
     torch.testing.assert_close(model.net(x.contiguous(memory_format=torch.channels_last), t), model.net(x, t))
+
+
+def test_the_nhwc_group_norm_replaces_every_group_norm_and_needs_channels_last():
+    model = tiny_model()
+    x, t = torch.randn(2, 6, 16, 16), torch.rand(2)
+    expected = model.net(x, t)
+    settings = TrainConfig(channels_last=True, channels_last_group_norm=True)
+    assert apply_throughput_options(model, settings, torch.device("cpu"), None, (2, 3, 16, 16)) == []
+    norms = [type(m) for m in model.net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and set(norms) == {ChannelsLastGroupNorm}
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model.net(nhwc, t), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="train.channels_last_group_norm: needs train.channels_last"):
+        load_config(None, ["train.channels_last=false", "train.channels_last_group_norm=true"])
 
 
 def test_a_compile_that_fails_falls_back_to_eager_with_one_message(monkeypatch):
