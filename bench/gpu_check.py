@@ -18,7 +18,9 @@ NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation
 (a) at ZeRO stage 0 (what a one-GPU run should use): eager and with ``train.compile`` +
 ``train.channels_last``, each with and without ``train.fused_optimizer``, and with ``train.bf16_weights``
 (bf16 module weights, fp32 masters; compiled only on a GPU) at ZeRO-0 and at ZeRO-1 with fp32
-gradient accumulation (``--variants`` picks some).
+gradient accumulation, and NHWC eager and compiled with ``train.channels_last_group_norm`` (GroupNorm in
+NHWC in place; compiled only on a GPU) (``--variants`` picks some); (j) GroupNorm + SiLU alone at the
+paper U-Net's four widths, NCHW against NHWC, eager and compiled (``bench/group_norm.py``).
 Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from bench_output import report, write
 from device_timing import seconds_after_warmup, synchronize
+from group_norm import PAPER_LEVELS, SMALL_LEVELS, group_norm_figures
 from model_level import model_level
 
 from fmboost.config import FMBoostConfig
@@ -130,6 +133,7 @@ def training_figures(config: FMBoostConfig, latent: int, device: torch.device, s
         "channels_last": config.train.channels_last,
         "compile": config.train.compile,
         "bf16_weights": config.train.bf16_weights,
+        "channels_last_group_norm": config.train.channels_last_group_norm,
         "engine_setup_s": round(setup_s, 1),
         "zero_stage": config.deepspeed["zero_optimization"]["stage"],
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -273,6 +277,7 @@ EAGER = ["train.compile=false", "train.channels_last=false", "train.fused_optimi
 LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}  # the pipeline's first
 COMPILED_FUSED = ["train.compile=true", "train.channels_last=true", "train.fused_optimizer=true"]
 BF16_WEIGHTS = ["train.precision=bf16", "train.bf16_weights=true"]
+NHWC_GROUP_NORM = ["train.channels_last=true", "train.channels_last_group_norm=true"]
 # fp32 gradient accumulation with bf16 weights needs ZeRO 1-2: DeepSpeed's BF16_Optimizer, flat buffers
 BF16_WEIGHTS_ZERO_1 = [
     *BF16_WEIGHTS,
@@ -293,10 +298,18 @@ TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run sho
         *COMPILED_FUSED,
         *BF16_WEIGHTS_ZERO_1,
     ],
+    # NHWC eager: nn.GroupNorm's CUDA kernel reads and returns NCHW; the in-place one stays NHWC
+    "zero0_eager_channels_last": [*EAGER, "train.channels_last=true"],
+    "zero0_eager_channels_last_group_norm": [*EAGER, *NHWC_GROUP_NORM],
+    "zero0_compile_channels_last_fused_adamw_group_norm": [*COMPILED_FUSED, *NHWC_GROUP_NORM],
 }
-# With --small: bf16 graphs compiled on a CPU take a minute more each and run no code that the compiled
-# fp32 variants and the eager bf16-weights variants do not already run.
-NOT_SMALL = {name for name in TRAINING_VARIANTS if "compile" in name and "bf16_weights" in name}
+# With --small: these graphs compiled on a CPU take a minute more each and run no code that the compiled
+# fp32 variants, the eager variants and the compiled GroupNorm of part (j) do not already run.
+NOT_SMALL = {
+    name
+    for name in TRAINING_VARIANTS
+    if "compile" in name and ("bf16_weights" in name or "group_norm" in name)
+}
 
 
 def main() -> None:
@@ -309,12 +322,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 20, small 2)")
     parser.add_argument(
         "--parts",
-        default="abcdefghi",
+        default="abcdefghij",
         help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
         "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1 (weights NCHW, "
         "then NHWC; NCHW only with --small); (h) eager U-Net and decode in NCHW and NHWC, decode in fp32 "
         "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager, and bf16 "
-        "module weights with fp32 masters (train.bf16_weights)",
+        "module weights with fp32 masters (train.bf16_weights), NHWC GroupNorm in place "
+        "(train.channels_last_group_norm); (j) GroupNorm + SiLU alone in NCHW and NHWC",
     )
     parser.add_argument(
         "--variants",
@@ -324,8 +338,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not args.parts or set(args.parts) - set("abcdefghi"):
-        parser.error(f"--parts takes letters a-i, not {args.parts!r}")
+    if not args.parts or set(args.parts) - set("abcdefghij"):
+        parser.error(f"--parts takes letters a-j, not {args.parts!r}")
     variants = args.variants.split(",")
     if unknown := set(variants) - set(TRAINING_VARIANTS):
         parser.error(
@@ -394,6 +408,9 @@ def main() -> None:
             one_gpu = ["deepspeed.zero_optimization.stage=0", *TRAINING_VARIANTS[name]]
             config = paper_config("configs/cfm_1k.yaml", args.small, one_gpu)
             record(f"i_train_cfm_1k_{name}", training_figures(config, high, device, steps))
+    if "j" in args.parts:
+        batch, levels, groups = (2, SMALL_LEVELS, 8) if args.small else (16, PAPER_LEVELS, 32)
+        record("j_group_norm", group_norm_figures(device, batch, levels, groups, steps, compile=True))
     report(result, args.out)
 
 

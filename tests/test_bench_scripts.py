@@ -60,13 +60,15 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
         assert layouts[f"decode_bf16_{layout}_s_per_image"] > 0
     assert layouts["decode_fp32_nchw_s_per_image"] > 0
-    on_cpu = [  # the compiled bf16-weights variants run only on a GPU
+    on_cpu = [  # the compiled bf16-weights and NHWC GroupNorm variants run only on a GPU
         "zero0_compile_channels_last",
         "zero0_compile_channels_last_fused_adamw",
         "zero0_eager",
         "zero0_eager_fused_adamw",
         "zero0_eager_bf16_weights",
         "zero1_eager_bf16_weights_fp32_accumulation",
+        "zero0_eager_channels_last",
+        "zero0_eager_channels_last_group_norm",
     ]
     assert sorted(key for key in result if key.startswith("i_")) == sorted(
         f"i_train_cfm_1k_{v}" for v in on_cpu
@@ -78,6 +80,17 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         assert figures["compile"] == ("compile" in variant)
         assert figures["bf16_weights"] == ("bf16_weights" in variant)
         assert figures["precision"] == ("bf16" if "bf16_weights" in variant else "fp32")
+        assert figures["channels_last"] == ("channels_last" in variant)
+        assert figures["channels_last_group_norm"] == variant.endswith("group_norm")
+    group_norm = result["j_group_norm"]
+    for level in ("32_channels_at_16²", "64_channels_at_8²"):
+        assert set(group_norm[level]) == {
+            f"{variant}_{mode}_ms"
+            for variant in ("nchw", "nhwc_native", "nhwc_in_place")
+            for mode in ("eager", "compiled")
+        }
+        assert all(ms > 0 for ms in group_norm[level].values())
+    assert group_norm["nhwc_in_place_compiled_vs_nchw"] > 0
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])
@@ -127,3 +140,16 @@ def test_the_compiled_sampling_bench_times_both_and_reports_the_warm_up_apart(tm
     result = json.loads(out.read_text())
     assert result["compile_warmup_s"] > 0 and len(result["eager_s"]) == len(result["compiled_s"]) == 2
     assert result["ratio_best"] > 0
+
+
+def test_the_group_norm_bench_checks_every_variant_then_times_it_against_nchw(tmp_path):
+    out = tmp_path / "group_norm.json"
+    run_bench("bench/group_norm.py", "--small", "--no-compile", "--repeats", "2", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["precision"] == "float32" and result["batch"] == 2
+    assert set(result["32_channels_at_16²"]) == {
+        "nchw_eager_ms",
+        "nhwc_native_eager_ms",
+        "nhwc_in_place_eager_ms",
+    }
+    assert result["nhwc_native_eager_vs_nchw"] > 0 and result["nhwc_in_place_eager_vs_nchw"] > 0
