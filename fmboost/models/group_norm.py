@@ -9,7 +9,9 @@ positions and each group's channels, and the result is NHWC again:
 .. math::  y = \frac{x - \mu_{b,g}}{\sqrt{\sigma^2_{b,g} + \epsilon}}\,\gamma_c + \beta_c,
 
 the same formula as ``nn.GroupNorm`` (biased variance, statistics and normalisation in fp32), with the
-same output dtype: fp32 under CUDA autocast (``group_norm`` is on its fp32 list), else the input's.
+same output dtype: fp32 under CUDA autocast (``group_norm`` is on its fp32 list), else the input's. As
+PyTorch's CUDA kernel does, the statistics and the affine parameters are folded into one scale and
+shift per sample and channel, :math:`y = x\,s + t`: the normalisation is one pass over the activations.
 Every other input (NCHW, or a tensor that is both layouts at once, as at 1×1) takes ``nn.GroupNorm``'s
 own kernel. The parameters and their names are ``nn.GroupNorm``'s, so checkpoints do not change.
 """
@@ -37,11 +39,13 @@ def channels_last_group_norm(
     nhwc = x.permute(0, 2, 3, 1)  # a view: channels are the fastest axis in memory
     grouped = nhwc.reshape(b, height * width, groups, c // groups).float()
     variance, mean = torch.var_mean(grouped, dim=(1, 3), keepdim=True, correction=0)
-    normalised = ((grouped - mean) * torch.rsqrt(variance + eps)).view(b, height, width, c)
+    scale = torch.rsqrt(variance + eps)  # [B, 1, groups, 1], then per channel with the weight
     if weight is not None:
-        normalised = normalised * weight.float()
+        scale = scale * weight.float().view(1, 1, groups, -1)
+    shift = -mean * scale
     if bias is not None:
-        normalised = normalised + bias.float()
+        shift = shift + bias.float().view(1, 1, groups, -1)
+    normalised = torch.addcmul(shift, grouped, scale).view(b, height, width, c)
     return normalised.to(output_dtype(x)).permute(0, 3, 1, 2)
 
 

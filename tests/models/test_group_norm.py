@@ -57,6 +57,12 @@ def test_nhwc_inputs_give_nn_group_norm_values_and_gradients_and_stay_nhwc(group
     torch.testing.assert_close(ours.bias.grad, native.bias.grad)
 
 
+def test_without_affine_parameters_only_the_statistics_apply():
+    x = torch.randn(2, 12, 4, 6)
+    result = ChannelsLastGroupNorm(3, 12, affine=False)(x.contiguous(memory_format=NHWC))
+    torch.testing.assert_close(result, F.group_norm(x, 3))
+
+
 def test_nchw_inputs_and_one_by_one_maps_take_the_native_kernel():
     native, ours = randomised_norms(4, 16)
     nchw = torch.randn(2, 16, 5, 5)
