@@ -145,10 +145,16 @@ class TrainConfig:
     ema_update_after_step: int = 0
     log_every: int = 50
     stop_check_seconds: float = 30.0  # a stop request (pre-emption) is honoured within about this time
+    # A stalled rank ends the job when no rank made progress for this long (0: no watchdog); validations
+    # and checkpoints have their own allowances. Sized for the paper configs on GPUs (a step: 0.15 s).
+    stall_timeout_seconds: float = 300.0
+    stall_timeout_validation_seconds: float = 1800.0
+    stall_timeout_checkpoint_seconds: float = 1800.0
     validate_every: int = 5000
     checkpoint_every: int = 10_000
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # 0 keeps all; 1 is refused: the one being written may be the broken one
     resume: str = "auto"
+    keep_global_batch: bool = True  # on another number of ranks, rescale grad_accum where it divides
     init_from: str | None = None  # an exported stage or run whose weights (and EMA) start a fresh run
     channels_last: bool = False  # NHWC U-Net activations (faster convolutions on tensor cores)
     channels_last_group_norm: bool = False  # GroupNorm reads NHWC in place (needs channels_last)

@@ -8,6 +8,7 @@ initialises DeepSpeed's communication layer on top of ``torch.distributed``.
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -83,14 +84,19 @@ def device_for(env: DistributedEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(env: DistributedEnv) -> str:
-    """Join the process group (a single process too, so DeepSpeed runs the same); returns the backend."""
+def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) -> str:
+    """Join the process group (a single process too, so DeepSpeed runs the same); returns the backend.
+
+    ``timeout_seconds`` bounds every collective (torch's defaults: 30 min for gloo, 10 for NCCL), so a
+    collective that waits for a lost peer fails instead of holding the job.
+    """
     import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     env.export()
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        timeout = {} if timeout_seconds is None else {"timeout": timedelta(seconds=timeout_seconds)}
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
     logger.info(
         "rank %d/%d (local %d) joined via %s at %s:%d",
         env.rank,

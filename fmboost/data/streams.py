@@ -5,7 +5,9 @@ batches. Each (rank, worker) stream is a sequence of *segments*; segment ``s`` i
 with replacement by a hash of (seed, rank, stream, s), shuffled through a buffer that is flushed at
 the segment's end. Segments are independent and their lengths are known from the shard stats, so
 :attr:`TrainStream.start_batch` resumes at an exact position: whole segments are skipped without
-being read, and at most one shard is replayed.
+being read, and at most one shard is replayed. A job on another number of ranks starts a new stream
+at its first step (``origin``): its segments are keyed by that step as well, so it draws fresh segments
+instead of replaying the start of the run.
 
 **Validation** (:class:`ValidationStream`): finite and deterministic; shards are split over ranks,
 then over workers, and read in order.
@@ -86,8 +88,9 @@ class TrainStream(IterableDataset):
     """Infinite resampled batches (dicts of ``x1``, ``z_up``, ``z_low``, ``keys``, ``captions``) for one rank.
 
     Args:
-        start_batch: batches this rank's DataLoader already returned (for exact resume; the number of
-            DataLoader workers must be the same as before).
+        start_batch: batches this rank's DataLoader already returned since ``origin`` (for exact
+            resume; the number of ranks and DataLoader workers must be the same as before).
+        origin: the step this stream started at (0: the run's start).
     """
 
     def __init__(
@@ -100,27 +103,29 @@ class TrainStream(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 1000,
         start_batch: int = 0,
+        origin: int = 0,
     ) -> None:
         super().__init__()
         self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
+        self.key = str(seed) if origin == 0 else f"{seed}@{origin}"
 
     def segment_shard(self, stream: int, segment: int) -> int:
-        return random.Random(f"{self.seed}:shard:{self.rank}:{stream}:{segment}").randrange(
+        return random.Random(f"{self.key}:shard:{self.rank}:{stream}:{segment}").randrange(
             len(self.dataset.shards)
         )
 
     def segment_samples(self, stream: int, segment: int, skip: int) -> Iterator[dict[str, Any]]:
         shard = self.segment_shard(stream, segment)
-        rng = random.Random(f"{self.seed}:shuffle:{self.rank}:{stream}:{segment}")
+        rng = random.Random(f"{self.key}:shuffle:{self.rank}:{stream}:{segment}")
         url = str(self.dataset.shards[shard])
         samples = counted(raw_samples(url), url, self.dataset.counts[shard])
         order = shuffled(samples, self.shuffle_buffer, rng)
         for index, raw in enumerate(order):
             if index < skip:
                 continue
-            crop_rng = random.Random(f"{self.seed}:crop:{self.rank}:{stream}:{segment}:{index}")
+            crop_rng = random.Random(f"{self.key}:crop:{self.rank}:{stream}:{segment}:{index}")
             yield self.transform(decode_sample(raw, images=False), crop_rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

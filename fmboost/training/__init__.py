@@ -35,6 +35,15 @@ def validate_training(config: FMBoostConfig) -> None:
         "train.init_from",
         f"{train.init_from} does not exist (give an exported stage, a checkpoint or a training run)",
     )
+    require(
+        train.keep_checkpoints != 1,
+        "train.keep_checkpoints",
+        "1 leaves nothing to fall back on if the newest checkpoint turns out broken; keep 2 or more (0: all)",
+    )
+    require(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must not be negative (0 keeps all)")
+    require(train.stall_timeout_seconds >= 0, "train.stall_timeout_seconds", "must not be negative (0: off)")
+    for key in ("stall_timeout_validation_seconds", "stall_timeout_checkpoint_seconds"):
+        require(getattr(train, key) > 0, f"train.{key}", "must be positive")
     require(train.stop_check_seconds > 0, "train.stop_check_seconds", "must be positive")
     for key in ("max_steps", "log_every", "validate_every", "checkpoint_every", "grad_accum"):
         require(getattr(train, key) > 0, f"train.{key}", "must be positive")

@@ -3,16 +3,23 @@
 Layout under ``RUN/checkpoints/``::
 
     step_00000100/            DeepSpeed's files (per-rank optimizer shards, model states)
-        trainer_state.json    step, images seen, batches served by the data stream, EMA updates
+        trainer_state.json    step, images seen, batches served by the data stream, EMA updates,
+                              world size and gradient accumulation of the job that wrote it
         ema.safetensors       EMA weights (float32)
         rng_rank{R}.safetensors  RNG states of rank R
         export/               model.safetensors + config.json of the EMA model (``from_pretrained``)
+        MANIFEST.json         every file above with its size and CRC-32 (each rank describes its own)
         COMPLETE              written last by rank 0, once every rank has finished
+    step_00000100-consolidated/  the ZeRO optimizer state by parameter, written when a job resumes
+                              this checkpoint on another number of ranks (:mod:`.resharding`)
+    broken_step_00000200/     a checkpoint that failed its manifest check, set aside (:mod:`.resume`)
     latest                    the tag of the last COMPLETE checkpoint, replaced atomically
 """
 
 import errno
+import hashlib
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +30,15 @@ from safetensors.torch import load_file, save_file
 from fmboost.atomic_files import write_text_atomically
 from fmboost.distributed import all_ranks_agree
 from fmboost.errors import FMBoostError
+from fmboost.training.checkpoint_files import describe_own_files, write_manifest
+from fmboost.training.resharding import (
+    consolidate,
+    consolidated_path,
+    load_consolidated,
+    optimizer_shard_files,
+)
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
@@ -40,6 +56,9 @@ class TrainerState:
     batches_served: int = 0
     num_workers: int = 0
     ema_updates: int = 0
+    world_size: int = 0  # 0: written before it was recorded (the RNG files tell)
+    grad_accum: int = 1
+    stream_origin: int = 0  # the step the data stream started from (a change of ranks starts a new one)
 
 
 def tag_for(step: int) -> str:
@@ -72,15 +91,31 @@ def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
     save_file(rng_state(generator), str(directory / f"rng_rank{rank}.safetensors"))
 
 
-def load_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
+def derived_seed(seed: int, step: int, rank: int) -> int:
+    """A seed for a rank that did not exist when the checkpoint of ``step`` was written."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()[:8], "little") >> 1
+
+
+def load_rng(directory: Path, rank: int, generator: torch.Generator, seed: int, step: int) -> bool:
+    """This rank's RNG states as saved; a rank the checkpoint has none for seeds them from
+    (seed, step, rank). Returns whether they were restored."""
     path = directory / f"rng_rank{rank}.safetensors"
     if not path.is_file():
-        raise FMBoostError(f"{directory}: no RNG state for rank {rank}; was the world size different?")
+        derived = derived_seed(seed, step, rank)
+        torch.manual_seed(derived)
+        generator.manual_seed(derived)
+        return False
     state = load_file(str(path))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["loss_generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    return True
+
+
+def saved_world_size(directory: Path, state: TrainerState) -> int:
+    """Ranks of the job that wrote ``directory`` (older checkpoints: one RNG file per rank)."""
+    return state.world_size or len(list(directory.glob("rng_rank*.safetensors")))
 
 
 def save_main_process_files(directory: Path, state: TrainerState, ema_state: dict[str, torch.Tensor]) -> None:
@@ -104,6 +139,7 @@ def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
     complete = sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(consolidated_path(old).parent, ignore_errors=True)
 
 
 class CheckpointWriteError(FMBoostError):
@@ -136,10 +172,10 @@ class Checkpointer:
     """
 
     def __init__(
-        self, run_dir: Path, engine, ema, loss_generator: torch.Generator, rank: int, keep: int
+        self, run_dir: Path, engine, ema, loss_generator: torch.Generator, rank: int, keep: int, seed: int = 0
     ) -> None:
         self.run_dir, self.engine, self.ema, self.loss_generator = run_dir, engine, ema, loss_generator
-        self.rank, self.keep = rank, keep
+        self.rank, self.keep, self.seed = rank, keep, seed
 
     @property
     def is_main(self) -> bool:
@@ -148,20 +184,55 @@ class Checkpointer:
     def directory_for(self, step: int) -> Path:
         return checkpoint_root(self.run_dir) / tag_for(step)
 
-    def to_resume(self, resume: str) -> Path | None:
-        """The checkpoint ``train.resume`` names: ``auto`` (the latest, if any), ``never``, or a directory."""
-        if resume == "auto":
-            return latest_checkpoint(self.run_dir)
-        return None if resume == "never" else Path(resume)
-
     def restore(self, directory: Path) -> TrainerState:
-        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved."""
-        self.engine.load_checkpoint(str(directory.parent), tag=directory.name)
+        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved.
+
+        Any failure, DeepSpeed's and torch's own included, stops every rank with one line naming the
+        checkpoint.
+        """
         state = load_trainer_state(directory)
-        load_rng(directory, self.rank, self.loss_generator)
+        reshard = self.engine.zero_optimization() and len(optimizer_shard_files(directory)) not in (
+            0,
+            torch.distributed.get_world_size(),
+        )
+        if reshard:  # rank 0 writes the state by parameter once; every rank then reads its partition
+            self.agreed(directory, consolidate if self.is_main else lambda _: None)
+        self.agreed(directory, lambda _: self.load_engine(directory, reshard))
+        restored = load_rng(directory, self.rank, self.loss_generator, self.seed, state.step)
+        if not restored:
+            logger.info(
+                "rank %d: no RNG state saved in %s, seeded from (seed, step, rank)", self.rank, directory
+            )
         self.ema.shadow.load_state_dict(load_ema_state(directory))
         self.ema.num_updates.fill_(state.ema_updates)
         return state
+
+    def agreed(self, directory: Path, call) -> None:
+        """Run ``call(directory)`` on this rank; if it fails on any rank, every rank stops."""
+        failure = None
+        try:
+            call(directory)
+        except Exception as error:  # DeepSpeed's and torch's own errors, one line each
+            failure = error
+        if all_ranks_agree(failure is not None, self.engine.device):
+            detail = str(failure).strip().splitlines()[0][:300] if failure and str(failure).strip() else None
+            raise FMBoostError(
+                f"checkpoint {directory} could not be loaded ({detail or 'on another rank'}); "
+                "rename it to resume from an older one, or set train.resume=never to start over",
+                "train.resume",
+            ) from None
+
+    def load_engine(self, directory: Path, reshard: bool) -> None:
+        """DeepSpeed's state; with ``reshard``, the optimizer's from the state by parameter instead."""
+        self.engine.load_checkpoint(
+            str(directory.parent), tag=directory.name, load_optimizer_states=not reshard
+        )
+        if reshard:
+            load_consolidated(self.engine, consolidated_path(directory))
+            # Without its state dict the optimizer still holds the schedule's first learning rate.
+            learning_rates = self.engine.lr_scheduler.get_last_lr()
+            for group, lr in zip(self.engine.optimizer.param_groups, learning_rates, strict=True):
+                group["lr"] = lr
 
     def save(self, state: TrainerState) -> Path:
         """Write the checkpoint of ``state.step`` on every rank; returns its directory once complete."""
@@ -177,13 +248,17 @@ class Checkpointer:
                 state.ema_updates = int(self.ema.num_updates)
                 save_main_process_files(directory, state, self.ema.shadow.state_dict())
                 self.ema.shadow.save_pretrained(directory / EXPORT_DIR)
+            own_files = describe_own_files(directory, self.rank)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             failure = error
         if all_ranks_agree(failure is not None, self.engine.device):  # every rank stops, none waits
             if self.is_main:
                 shutil.rmtree(directory, ignore_errors=True)  # never complete; frees the space it took
             raise CheckpointWriteError(write_failure_message(directory, failure, self.rank))
+        described: list[dict | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(described, own_files)
         if self.is_main:
+            write_manifest(directory, {name: entry for files in described for name, entry in files.items()})
             mark_complete(self.run_dir, directory, self.keep)
         dist.barrier()
         return directory

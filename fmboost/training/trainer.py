@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,30 @@ from fmboost.first_stage import build_first_stage
 from fmboost.models import EMA, FMBoostModel
 from fmboost.objectives import STUDENT_OBJECTIVES
 from fmboost.tracking import Tracker
-from fmboost.training.checkpointing import EXPORT_DIR, Checkpointer, TrainerState, latest_checkpoint
+from fmboost.training.checkpointing import (
+    EXPORT_DIR,
+    Checkpointer,
+    TrainerState,
+    latest_checkpoint,
+    load_trainer_state,
+    saved_world_size,
+)
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_engine
 from fmboost.training.hot_loop import LossWindow, StopCheck, freeze_setup_objects, memory_format
 from fmboost.training.init_from import load_initial_weights
 from fmboost.training.master_weights import master_weight_fragments
+from fmboost.training.resume import choose_checkpoint, plan_global_batch
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.validation import Validator
+from fmboost.training.watchdog import (
+    Allowances,
+    Progress,
+    StallReport,
+    Watchdog,
+    exit_after_stall,
+    store_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,18 +97,63 @@ def record_teacher(flow: FlowConfig, manifest: Manifest, initialised_from: Path 
         flow.teacher = str(teacher) if teacher is not None else None
 
 
+def stall_allowances(config: FMBoostConfig) -> Allowances:
+    settings = config.train
+    return Allowances(
+        settings.stall_timeout_seconds,
+        settings.stall_timeout_validation_seconds,
+        settings.stall_timeout_checkpoint_seconds,
+    )
+
+
+def exit_naming_the_resume(run_dir: Path, allowance_key: str) -> Callable[[StallReport], None]:
+    """What a stalled job does by default (torchrun, one process): say what stalled and how to go on."""
+
+    def on_stall(report: StallReport) -> None:
+        exit_after_stall(
+            f"{report.describe(allowance_key)}; ending the job. Resume with the same command: "
+            f"train.resume=auto continues from the last complete checkpoint in {run_dir / 'checkpoints'}"
+        )
+
+    return on_stall
+
+
+def start_watchdog(
+    config: FMBoostConfig, env: DistributedEnv, progress: Progress, on_stall: Callable[[StallReport], None]
+) -> Watchdog | None:
+    """A watchdog on every rank of a multi-rank job (``train.stall_timeout_seconds`` > 0)."""
+    if env.world_size == 1 or config.train.stall_timeout_seconds == 0:
+        return None
+    allowances = stall_allowances(config)
+    store = store_client(env.master_addr, env.master_port, max(5.0, allowances.step / 2))
+    watchdog = Watchdog(store, env.rank, env.world_size, allowances, progress, on_stall)
+    watchdog.start()
+    return watchdog
+
+
 def train(
-    config: FMBoostConfig, env: DistributedEnv, stop_requested: threading.Event | None = None
+    config: FMBoostConfig,
+    env: DistributedEnv,
+    stop_requested: threading.Event | None = None,
+    on_stall: Callable[[StallReport], None] | None = None,
 ) -> TrainResult:
     """Train a CFM stage as ``config`` says; resumable, and safe to call from torchrun or submitit tasks.
 
     The run folder is locked for the life of the job: a second job in it is refused (see
-    :mod:`fmboost.training.run_lock`).
+    :mod:`fmboost.training.run_lock`). On several ranks a watchdog (:mod:`fmboost.training.watchdog`)
+    calls ``on_stall`` when the job stalls; by default every live rank says which rank stalled and exits
+    with ``STALL_EXIT_CODE``.
     """
     run_dir = Path(config.train.run_dir).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device_for(env)
-    init_distributed(env)
+    allowances = stall_allowances(config)
+    init_distributed(env, timeout_seconds=allowances.longest + 60)
+    progress = Progress()
+    allowance_key = f"train.stall_timeout_seconds={config.train.stall_timeout_seconds:g}"
+    watchdog = start_watchdog(
+        config, env, progress, on_stall or exit_naming_the_resume(run_dir, allowance_key)
+    )
     lock = RunFolderLock(run_dir)
     refusal = None
     if env.is_main:
@@ -102,8 +164,12 @@ def train(
     if all_ranks_agree(refusal is not None, device):
         raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
     try:
-        return train_in_run_folder(config, env, run_dir, device, stop_requested or threading.Event())
+        return train_in_run_folder(
+            config, env, run_dir, device, stop_requested or threading.Event(), progress
+        )
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         gc.unfreeze()
         lock.release()
 
@@ -114,13 +180,31 @@ def train_in_run_folder(
     run_dir: Path,
     device: torch.device,
     stop_requested: threading.Event,
+    progress: Progress,
 ) -> TrainResult:
-    """The job itself, once this job holds the run folder."""
+    """The job itself, once this job holds the run folder; ``progress`` tells the watchdog how far it got."""
     settings = config.train
 
     # ------------------------------------------------------------------ setup: data
     train_set = resolve_for_model(config, "train")
     manifest, flow = train_set.manifest, config.flow
+
+    # ------------------------------------------------------------------ choose the checkpoint to resume
+    resume_from = choose_checkpoint(run_dir, settings.resume, env.rank, env.world_size)
+    saved = load_trainer_state(resume_from) if resume_from is not None else None
+    saved_ranks = saved_world_size(resume_from, saved) if saved is not None else env.world_size
+    if saved is not None:
+        plan = plan_global_batch(
+            config.data.batch_size,
+            saved_ranks,
+            saved.grad_accum,
+            env.world_size,
+            settings.grad_accum,
+            settings.keep_global_batch,
+        )
+        settings.grad_accum = plan.grad_accum
+        if plan.message:
+            logger.warning(plan.message)
 
     # ------------------------------------------------------------------ setup: model, DeepSpeed, EMA
     torch.manual_seed(settings.seed)
@@ -140,20 +224,30 @@ def train_in_run_folder(
     engine, scheduler, _ = build_engine(model, config, device, batch_shape)
     # Noise for the objective comes from a per-rank generator on the training device (no copies).
     loss_generator = torch.Generator(device).manual_seed(settings.seed * 1000 + env.rank)
-    checkpointer = Checkpointer(run_dir, engine, ema, loss_generator, env.rank, settings.keep_checkpoints)
+    checkpointer = Checkpointer(
+        run_dir, engine, ema, loss_generator, env.rank, settings.keep_checkpoints, settings.seed
+    )
 
     # ------------------------------------------------------------------ resume
     state = TrainerState(num_workers=config.data.num_workers)
-    resume_from = checkpointer.to_resume(settings.resume)
     if resume_from is not None:
         state = checkpointer.restore(resume_from)
-        if state.num_workers != config.data.num_workers:
+        if (saved_ranks, state.num_workers) != (env.world_size, config.data.num_workers):
+            # Per-rank stream positions mean nothing on another layout: a new stream starts here, with
+            # segments keyed by this step, so the start of the run is not replayed.
             logger.warning(
-                "data.num_workers changed from %d to %d: the data order differs from an uninterrupted run",
+                "the data stream continues with fresh segments from step %d (%d → %d ranks, %d → %d "
+                "data workers per rank)",
+                state.step,
+                saved_ranks,
+                env.world_size,
                 state.num_workers,
                 config.data.num_workers,
             )
+            state.stream_origin, state.batches_served = state.step, 0
+            state.num_workers = config.data.num_workers
         logger.info("resumed from %s at step %d (%d images seen)", resume_from, state.step, state.images_seen)
+    state.world_size, state.grad_accum = env.world_size, settings.grad_accum
     if settings.bf16_weights:  # the optimizer's fp32 masters, found once the checkpoint is loaded
         ema.follow_master_weights(
             master_weight_fragments(engine), engine.zero_optimization() and env.world_size > 1
@@ -178,6 +272,7 @@ def train_in_run_folder(
         settings.seed,
         config.data.shuffle_buffer,
         start_batch=state.batches_served,
+        origin=state.stream_origin,
     )
     loader = make_loader(
         stream,
@@ -190,7 +285,9 @@ def train_in_run_folder(
     peak = peak_flops(device, precision)
 
     def save_checkpoint() -> Path:
+        progress.mark(state.step, "checkpoint")
         directory = checkpointer.save(state)
+        progress.mark(state.step)
         logger.info("checkpoint %s (step %d, %d images seen)", directory, state.step, state.images_seen)
         return directory
 
@@ -207,6 +304,10 @@ def train_in_run_folder(
     engine.train()
     freeze_setup_objects()  # undone in train() when the job ends
     global_batch = config.data.batch_size * env.world_size
+    tracker.log_metrics(
+        {"train/world_size": env.world_size, "train/global_batch": global_batch * settings.grad_accum},
+        state.step,
+    )
     layout = memory_format(settings)
     window, window_start = LossWindow(device, state.step), time.perf_counter()
     stop_check = StopCheck(settings.stop_check_seconds, state.step)
@@ -214,6 +315,7 @@ def train_in_run_folder(
     status = "finished"
     while state.step < settings.max_steps:
         batch = next(batches)
+        progress.mark(state.step)  # a rank stuck reading data goes quiet before the ranks waiting for it
         x1, z_up = (batch[key].to(device, non_blocking=True, memory_format=layout) for key in ("x1", "z_up"))
         x0 = batch["x0"].to(device, non_blocking=True, memory_format=layout) if "x0" in batch else None
         loss = engine(x1, z_up, loss_generator, x0)
@@ -224,6 +326,7 @@ def train_in_run_folder(
             gradient_norm(engine.module) if logging_step and not engine.zero_optimization() else None
         )
         engine.step()
+        progress.mark(state.step)
         window.add(loss)  # stays on the device: no host sync in the step
         state.batches_served += 1
         state.images_seen += global_batch
@@ -278,6 +381,7 @@ def train_in_run_folder(
                 break
 
         if state.step % settings.validate_every == 0:
+            progress.mark(state.step, "validation")
             ema.make_whole()  # on every rank: with partitioned masters each holds a part of the average
             if validator is not None:
                 metrics, grid = validator.run(ema.shadow, state.step, run_dir / "samples")
@@ -286,6 +390,7 @@ def train_in_run_folder(
                 logger.info(
                     "step %d validation: %s", state.step, {k: round(v, 4) for k, v in metrics.items()}
                 )
+            progress.mark(state.step)
 
         if state.step % settings.checkpoint_every == 0:
             save_checkpoint()

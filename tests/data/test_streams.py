@@ -29,10 +29,18 @@ def keys_of(loader, batches):
     return [tuple(batch["keys"]) for batch in itertools.islice(loader, batches)]
 
 
-def train_stream(dataset, rank=0, world_size=2, start_batch=0, batch_size=4, crop_size=None):
+def train_stream(dataset, rank=0, world_size=2, start_batch=0, batch_size=4, crop_size=None, origin=0):
     transform = SampleTransform(dataset.manifest, "psu_roundtrip", crop_size)
     return TrainStream(
-        dataset, transform, batch_size, rank, world_size, seed=3, shuffle_buffer=5, start_batch=start_batch
+        dataset,
+        transform,
+        batch_size,
+        rank,
+        world_size,
+        seed=3,
+        shuffle_buffer=5,
+        start_batch=start_batch,
+        origin=origin,
     )
 
 
@@ -54,6 +62,18 @@ def test_resuming_at_a_batch_continues_the_uninterrupted_stream_exactly(latent_d
             make_loader(train_stream(latent_dataset, start_batch=start), num_workers=2), 12 - start
         )
         assert resumed == uninterrupted[start:]
+
+
+def test_a_stream_started_after_a_change_of_ranks_draws_fresh_segments_instead_of_the_runs_start(
+    latent_dataset,
+):
+    start_of_run = keys_of(make_loader(train_stream(latent_dataset, world_size=1), 0), 6)
+    new_stream = train_stream(latent_dataset, world_size=1, origin=40)
+    assert keys_of(make_loader(new_stream, 0), 6) != start_of_run
+    shards = [new_stream.segment_shard(0, segment) for segment in range(20)]
+    assert shards != [train_stream(latent_dataset).segment_shard(0, segment) for segment in range(20)]
+    resumed = train_stream(latent_dataset, world_size=1, origin=40, start_batch=2)
+    assert keys_of(make_loader(resumed, 0), 4) == keys_of(make_loader(new_stream, 0), 6)[2:]
 
 
 def test_the_training_stream_is_reproducible_and_depends_on_the_seed(latent_dataset):

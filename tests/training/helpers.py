@@ -1,8 +1,12 @@
 """Shared setup for training tests: a tiny latent dataset and a tiny CPU config."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from data_pipeline.encode_shards import run
+from tests.conftest import REPO_ROOT
 from tests.data_pipeline.builders import good_shards, tiny_encode_config
 
 TINY_MODEL = [
@@ -51,3 +55,11 @@ def training_overrides(latents: Path, run_dir: Path, **train) -> list[str]:
         "cluster.cpus_per_task=1",
         *[f"train.{key}={value}" for key, value in settings.items()],
     ]
+
+
+def run_on_two_ranks(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``fmboost.train`` with ``args`` under torchrun, two processes on this machine."""
+    port = f"--master_port={29700 + os.getpid() % 200}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", port]
+    command += ["-m", "fmboost.train", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)

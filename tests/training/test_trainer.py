@@ -23,7 +23,7 @@ from fmboost.objectives import CouplingFlowMatching
 from fmboost.training import trainer as trainer_module
 from fmboost.training.trainer import NonFiniteLossError, train
 from tests.conftest import REPO_ROOT
-from tests.training.helpers import build_latents, training_overrides
+from tests.training.helpers import build_latents, run_on_two_ranks, training_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,6 @@ def run_in_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
         text=True,
         **kwargs,
     )
-
-
-def run_on_two_ranks(args: list[str]) -> subprocess.CompletedProcess:
-    """``fmboost.train`` with ``args`` under torchrun, two processes on this machine."""
-    port = f"--master_port={29700 + os.getpid() % 200}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", port]
-    command += ["-m", "fmboost.train", *args]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_training_writes_checkpoints_an_exported_model_and_an_mlflow_run(tmp_path, latents):

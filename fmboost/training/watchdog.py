@@ -1,0 +1,179 @@
+"""A stalled rank ends the job in bounded time instead of holding every GPU until a collective times out.
+
+The training loop marks its progress (:meth:`Progress.mark`: a step, a validation, a checkpoint) in
+memory. A thread on every rank publishes that mark with a heartbeat counter to the job's rendezvous
+store (a TCPStore client of its own, with a short timeout) and reads every other rank's. When no rank has
+made progress for longer than the allowance of the slowest phase any rank is in, the job is stalled:
+
+- a rank whose heartbeat stopped too (SIGSTOP, a dead node) is the one that stalled;
+- else the rank that went quiet first (stuck in I/O while the others wait for it in a collective);
+- a store that stops answering for as long means its host (rank 0's node) stalled.
+
+Every live rank then calls ``on_stall`` with the same report; the default logs which rank stalled and at
+which step, and how to resume, then exits with :data:`STALL_EXIT_CODE`, which a launcher can tell apart
+from a crash. (``os._exit``: the main thread may be blocked in a collective that never returns.)
+"""
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the job may succeed if run again
+KEY_PREFIX = "fmboost/watchdog/"
+
+
+@dataclass(frozen=True)
+class Allowances:
+    """Seconds without progress each phase may take; setup (loading, compiling) gets the longest."""
+
+    step: float
+    validation: float
+    checkpoint: float
+
+    def of(self, phase: str) -> float:
+        if phase == "step":
+            return self.step
+        if phase == "validation":
+            return self.validation
+        if phase == "checkpoint":
+            return self.checkpoint
+        return self.longest  # setup: loading a checkpoint, compiling
+
+    @property
+    def longest(self) -> float:
+        return max(self.step, self.validation, self.checkpoint)
+
+
+class Progress:
+    """What the training loop last finished; written by the loop, read by the watchdog thread."""
+
+    def __init__(self) -> None:
+        self.step, self.phase, self.count = 0, "setup", 0
+
+    def mark(self, step: int, phase: str = "step") -> None:
+        self.step, self.phase, self.count = step, phase, self.count + 1
+
+
+@dataclass(frozen=True)
+class StallReport:
+    rank: int  # the rank that stalled
+    step: int  # the last step it finished
+    phase: str
+    quiet_seconds: float  # how long no rank made progress
+    reason: str  # why that rank is named
+
+    def describe(self, allowance_key: str) -> str:
+        return (
+            f"rank {self.rank} stalled at step {self.step} ({self.phase}): no rank made progress for "
+            f"{self.quiet_seconds:.0f} s ({self.reason}; {allowance_key})"
+        )
+
+
+class StallDetector:
+    """Decides, from the records every rank published, whether and where the job stalled."""
+
+    def __init__(self, world_size: int, allowances: Allowances, now: float) -> None:
+        self.allowances = allowances
+        self.records: dict[int, dict] = {}
+        self.last_progress = dict.fromkeys(range(world_size), now)
+        self.last_beat = dict.fromkeys(range(world_size), now)
+        self.store_answered = now
+
+    def observe(self, rank: int, record: dict, now: float) -> None:
+        previous = self.records.get(rank)
+        if previous is None or record["count"] != previous["count"]:
+            self.last_progress[rank] = now
+        if previous is None or record["beat"] != previous["beat"]:
+            self.last_beat[rank] = now
+        self.records[rank] = record
+
+    def stalled(self, now: float) -> StallReport | None:
+        quiet = now - max(self.last_progress.values())
+        phases = {record["phase"] for record in self.records.values()} or {"setup"}
+        allowance = max(self.allowances.of(phase) for phase in phases)
+        if now - self.store_answered > allowance:
+            step = self.records.get(0, {}).get("step", 0)
+            return StallReport(0, step, "unknown", quiet, "the rendezvous store it hosts stopped answering")
+        if quiet <= allowance:
+            return None
+        frozen = [rank for rank, beat in self.last_beat.items() if now - beat > allowance]
+        rank = frozen[0] if frozen else min(self.last_progress, key=self.last_progress.get)
+        record = self.records.get(rank, {"step": 0, "phase": "setup"})
+        reason = "its heartbeat stopped too" if frozen else "it went quiet first"
+        return StallReport(rank, record["step"], record["phase"], quiet, reason)
+
+
+class Watchdog(threading.Thread):
+    """Publishes this rank's progress and ends the job when :class:`StallDetector` says it stalled."""
+
+    def __init__(
+        self,
+        store,
+        rank: int,
+        world_size: int,
+        allowances: Allowances,
+        progress: Progress,
+        on_stall: Callable[[StallReport], None],
+    ) -> None:
+        super().__init__(name="fmboost-watchdog", daemon=True)
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.progress, self.on_stall = progress, on_stall
+        self.interval = min(10.0, allowances.step / 5)
+        self.detector = StallDetector(world_size, allowances, time.monotonic())
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        beat = 0
+        while not self.stopped.wait(self.interval):
+            beat += 1
+            record = {"step": self.progress.step, "phase": self.progress.phase, "count": self.progress.count}
+            try:
+                self.store.set(f"{KEY_PREFIX}{self.rank}", json.dumps({**record, "beat": beat}))
+                self.detector.store_answered = time.monotonic()
+                keys = [f"{KEY_PREFIX}{rank}" for rank in range(self.world_size)]
+                if self.store.check(keys):  # every rank has published once
+                    values = self.store.multi_get(keys)
+                    now = time.monotonic()
+                    for rank, value in enumerate(values):
+                        self.detector.observe(rank, json.loads(value), now)
+            except (RuntimeError, OSError, ValueError):  # a store that does not answer in time
+                pass
+            report = self.detector.stalled(time.monotonic())
+            if report is not None and not self.stopped.is_set():
+                self.on_stall(report)
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def store_client(master_addr: str, master_port: int, timeout_seconds: float):
+    """A client of the job's rendezvous store (torchrun's agent, or rank 0 under ``env://``) whose
+    calls give up after ``timeout_seconds`` instead of the process group's much longer timeout."""
+    return torch.distributed.TCPStore(
+        master_addr,
+        master_port,
+        is_master=False,
+        timeout=timedelta(seconds=timeout_seconds),
+        wait_for_workers=False,
+    )
+
+
+def exit_after_stall(message: str) -> None:
+    """Log ``message`` on this rank, flush every handler, and leave at once with :data:`STALL_EXIT_CODE`."""
+    logger.error(message)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(STALL_EXIT_CODE)

@@ -1,0 +1,143 @@
+"""A checkpoint written by W ranks resumes on W′ ranks (real DeepSpeed, torchrun with gloo on CPU).
+
+The two-rank side runs under torchrun; the one-rank side runs in this process, so that the engine can be
+inspected right after it loaded the checkpoint.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evaluation.report import training_losses
+from fmboost.config_loading import load_config
+from fmboost.distributed import DistributedEnv
+from fmboost.training.checkpointing import Checkpointer
+from fmboost.training.resharding import read_shard
+from fmboost.training.trainer import train
+from tests.conftest import REPO_ROOT
+from tests.training.helpers import build_latents, run_on_two_ranks, training_overrides
+
+pytestmark = pytest.mark.slow
+
+CONFIG = REPO_ROOT / "configs/demo/tiny_cpu.yaml"
+LR, WARMUP = 1e-3, 8
+VARIANTS = {
+    "zero0": ["deepspeed.zero_optimization.stage=0"],
+    "zero1": ["deepspeed.zero_optimization.stage=1"],
+    "zero2": ["deepspeed.zero_optimization.stage=2"],
+    "zero2-bf16-weights": [
+        "deepspeed.zero_optimization.stage=2",
+        "train.precision=bf16",
+        "train.bf16_weights=true",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    return build_latents(tmp_path_factory.mktemp("world-size-data"))
+
+
+def overrides(latents, run_dir, variant: str, max_steps: int) -> list[str]:
+    steps = dict(max_steps=max_steps, checkpoint_every=2, validate_every=100, lr=LR, warmup_steps=WARMUP)
+    return [*training_overrides(latents, run_dir, **steps), *VARIANTS[variant]]
+
+
+def logged(run_dir, key: str) -> dict[int, float]:
+    entries = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {entry["step"]: entry[key] for entry in entries if key in entry}
+
+
+def expected_lr(step: int) -> float:
+    """The warm-up after ``step`` optimizer steps, whatever the number of ranks."""
+    return LR * min(1.0, (step + 1) / WARMUP)
+
+
+def largest_step_change(losses: dict[int, float]) -> float:
+    """The run's own step-to-step noise: the largest change of the loss between consecutive steps."""
+    steps = sorted(losses)
+    return max(abs(losses[b] - losses[a]) for a, b in zip(steps, steps[1:], strict=False))
+
+
+def record_restores(monkeypatch) -> dict:
+    """What the engine and the EMA hold right after a checkpoint was loaded."""
+    seen, original = {}, Checkpointer.restore
+
+    def restore(self, directory):
+        state = original(self, directory)
+        seen["directory"], seen["zero"] = directory, self.engine.zero_optimization()
+        seen["ema"] = {k: v.clone() for k, v in self.ema.shadow.state_dict().items()}
+        if seen["zero"]:
+            flat = self.engine.optimizer.optimizer.param_groups[0]["params"][0]
+            stored = self.engine.optimizer.optimizer.state[flat]
+            seen["optimizer"] = {"fp32": flat.detach().clone(), **{k: v.clone() for k, v in stored.items()}}
+            seen["used"] = sum(param.numel() for param in self.engine.module.parameters())
+        return state
+
+    monkeypatch.setattr(Checkpointer, "restore", restore)
+    return seen
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_checkpoint_of_two_ranks_resumes_on_one(tmp_path, latents, monkeypatch, variant):
+    run_dir = tmp_path / "run"
+    first = run_on_two_ranks([str(CONFIG), *overrides(latents, run_dir, variant, max_steps=4)])
+    assert first.returncode == 0, first.stdout + first.stderr
+    saved = run_dir / "checkpoints" / "step_00000004"
+    seen = record_restores(monkeypatch)
+
+    config = load_config(CONFIG, overrides(latents, run_dir, variant, max_steps=8))
+    result = train(config, DistributedEnv())
+
+    assert (result.step, seen["directory"]) == (8, saved)
+    state = json.loads((run_dir / "checkpoints/step_00000008/trainer_state.json").read_text())
+    assert (state["world_size"], state["grad_accum"]) == (1, 2), "the global batch of 8 is kept"
+    assert result.images_seen == 4 * 8 + 4 * 8
+    assert logged(run_dir, "train/lr") == {step: pytest.approx(expected_lr(step)) for step in range(1, 9)}
+    assert logged(run_dir, "train/world_size") == {0: 2, 4: 1}
+
+    saved_ema = load_file(str(saved / "ema.safetensors"))
+    assert seen["ema"].keys() == saved_ema.keys()
+    for name, tensor in saved_ema.items():
+        torch.testing.assert_close(seen["ema"][name], tensor, rtol=0, atol=0)
+
+    if seen["zero"]:
+        # One rank's flat buffer is the two ranks' partitions end to end (padding only at the end):
+        # masters and both Adam moments must come back in exactly that order.
+        old = [read_shard(path) for path in sorted(saved.glob("*zero_pp_rank_*_optim_states.pt"))]
+        loaded, used = seen["optimizer"], seen["used"]
+        joined = {
+            "fp32": torch.cat([shard["single_partition_of_fp32_groups"][0] for shard in old]),
+            **{
+                key: torch.cat([shard["base_optimizer_state"]["state"][0][key] for shard in old])
+                for key in ("exp_avg", "exp_avg_sq")
+            },
+        }
+        for key, tensor in joined.items():
+            torch.testing.assert_close(loaded[key][:used], tensor[:used], rtol=0, atol=0, msg=key)
+        assert float(loaded["step"]) == 4 and float(joined["exp_avg_sq"].abs().sum()) > 0
+
+    losses = training_losses(run_dir)
+    before = {step: losses[step] for step in range(1, 5)}
+    tolerance = 2 * largest_step_change(before)
+    assert abs(losses[5] - losses[4]) <= tolerance, (losses, tolerance)
+
+
+@pytest.mark.parametrize("variant", ["zero0", "zero2"])
+def test_a_checkpoint_of_one_rank_resumes_on_two(tmp_path, latents, variant):
+    run_dir = tmp_path / "run"
+    train(load_config(CONFIG, overrides(latents, run_dir, variant, max_steps=4)), DistributedEnv())
+    resumed = run_on_two_ranks([str(CONFIG), *overrides(latents, run_dir, variant, max_steps=8)])
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output
+    assert "global batch changes from 4 to 8" in output
+    assert "fresh segments from step 4 (1 → 2 ranks" in output
+    state = json.loads((run_dir / "checkpoints/step_00000008/trainer_state.json").read_text())
+    assert (state["step"], state["images_seen"], state["world_size"]) == (8, 4 * 4 + 4 * 8, 2)
+    assert state["stream_origin"] == 4
+    assert logged(run_dir, "train/lr") == {step: pytest.approx(expected_lr(step)) for step in range(1, 9)}
+    losses = training_losses(run_dir)
+    tolerance = 2 * largest_step_change({step: losses[step] for step in range(1, 5)})
+    assert abs(losses[5] - losses[4]) <= tolerance, (losses, tolerance)
