@@ -5,12 +5,14 @@ same code a user runs by hand (:func:`fmboost.training.trainer.train`,
 :func:`data_pipeline.encode_shards.run`, :func:`data_pipeline.teacher_pairs.run`). On the
 pre-emption/time-limit signal every training rank saves a checkpoint, then rank 0 hands over to
 submitit, which requeues the job; the requeued job resumes from that checkpoint by itself
-(``train.resume=auto``).
+(``train.resume=auto``). A stalled job (:mod:`fmboost.training.watchdog`) requeues itself the same way,
+unless it stalled ``max_stall_requeues`` times without writing a new checkpoint in between.
 """
 
 import functools
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -25,6 +27,10 @@ import submitit
 from fmboost.atomic_files import write_json_atomically
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
+from fmboost.training.watchdog import StallReport, exit_after_stall
+
+STALL_RECORD = "stall_requeues.json"
+REQUEUE_GRACE_SECONDS = 30  # other ranks wait this long, so that the job is requeued before srun ends it
 
 logger = logging.getLogger(__name__)
 ERROR_SUFFIX = "_fmboost_error.json"
@@ -101,11 +107,61 @@ def distributed_env_from_submitit() -> DistributedEnv:
     )
 
 
+def stall_requeues(run_dir: Path, last_checkpoint: str | None) -> int:
+    """How often the job requeued itself after a stall since ``last_checkpoint`` was written (a new
+    checkpoint starts the count again), as recorded in the run folder for the requeued jobs to see."""
+    path = Path(run_dir) / STALL_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    return record.get("requeues", 0) if record.get("checkpoint") == last_checkpoint else 0
+
+
+def record_stall_requeue(run_dir: Path, last_checkpoint: str | None, requeues: int) -> None:
+    write_json_atomically(Path(run_dir) / STALL_RECORD, {"checkpoint": last_checkpoint, "requeues": requeues})
+
+
+def requeue_after_stall(
+    run_dir: Path, env: DistributedEnv, job_id: str, max_stall_requeues: int
+) -> Callable[[StallReport], None]:
+    """What a stalled Slurm job does: the lowest live rank requeues it (``scontrol requeue``) to resume
+    from its last checkpoint, unless it stalled ``max_stall_requeues`` times without a new checkpoint;
+    every live rank then exits with the stall code."""
+
+    def on_stall(report: StallReport) -> None:
+        message = f"{report.describe()}; ending job {job_id}"
+        if env.rank != min(rank for rank in range(env.world_size) if rank != report.rank):
+            exit_after_stall(message, delay_seconds=REQUEUE_GRACE_SECONDS)
+        from fmboost.training.checkpointing import latest_checkpoint
+
+        try:
+            last = latest_checkpoint(run_dir)
+        except FMBoostError:
+            last = None
+        checkpoint = last.name if last else None
+        requeues = stall_requeues(run_dir, checkpoint)
+        since = f"since checkpoint {checkpoint}" if last else "before any checkpoint"
+        if requeues >= max_stall_requeues:
+            exit_after_stall(
+                f"{message}; not requeued: it stalled {requeues + 1} times {since} without writing a new "
+                f"one (--max-stall-requeues {max_stall_requeues}). Find the cause, then resubmit to resume"
+            )
+        requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        if requeued.returncode != 0:
+            exit_after_stall(
+                f"{message}; scontrol requeue failed ({requeued.stderr.strip()}); resubmit to resume"
+            )
+        record_stall_requeue(run_dir, checkpoint, requeues + 1)
+        count = f"stall requeue {requeues + 1} {since}, {max_stall_requeues} allowed"
+        exit_after_stall(f"{message}; requeued to resume from {last or 'the start'} ({count})")
+
+    return on_stall
+
+
 class TrainingJob(submitit.helpers.Checkpointable):
     """``TrainingJob(config_path, overrides)()`` trains on one task of a (multi-node) job."""
 
-    def __init__(self, config_path: str, overrides: list[str]) -> None:
+    def __init__(self, config_path: str, overrides: list[str], max_stall_requeues: int = 3) -> None:
         self.config_path, self.overrides = config_path, list(overrides)
+        self.max_stall_requeues = max_stall_requeues
 
     @records_user_errors
     def __call__(self) -> dict[str, Any]:
@@ -118,7 +174,16 @@ class TrainingJob(submitit.helpers.Checkpointable):
         stop = threading.Event()
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
-        result = train(load_config(self.config_path, self.overrides), env, stop)
+        config = load_config(self.config_path, self.overrides)
+        on_stall = None
+        if "SLURM_JOB_ID" in os.environ:
+            on_stall = requeue_after_stall(
+                Path(config.train.run_dir).expanduser(),
+                env,
+                os.environ["SLURM_JOB_ID"],
+                self.max_stall_requeues,
+            )
+        result = train(config, env, stop, on_stall)
         if result.status == "preempted" and env.is_main and callable(submitit_handler):
             logger.info("checkpoint saved; handing over to submitit to requeue the job")
             submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues and exits

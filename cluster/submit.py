@@ -86,6 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default 100; submitit's own default, 3, would end a long run after four time limits)",
     )
     parser.add_argument(
+        "--max-stall-requeues",
+        type=int,
+        default=3,
+        metavar="N",
+        help="how often a training job that stalled (no rank made progress for train.stall_timeout_seconds) "
+        "requeues itself without a new checkpoint in between before it gives up (default 3)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate, print the resolved config and job parameters, submit nothing",
@@ -136,6 +144,8 @@ def job_parameters(args: argparse.Namespace, cluster, backend: str) -> dict:
         parameters["gpus_per_node"] = tasks
     if backend == "slurm":
         parameters["slurm_signal_delay_s"] = args.signal_delay
+        # a rank that exits (a stall, a crash) ends the others, a stopped one included
+        parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         if args.partition or cluster.partition:
             parameters["slurm_partition"] = args.partition or cluster.partition
     return parameters
@@ -185,7 +195,10 @@ def submit_training(args: argparse.Namespace) -> int:
     run_dir = Path(config.train.run_dir).resolve()
     if args.dry_run:
         print(to_yaml(config))
-        print(f"{backend} job parameters: {parameters}; requeued at most {args.max_requeues} times")
+        print(
+            f"{backend} job parameters: {parameters}; requeued at most {args.max_requeues} times at its time "
+            f"limit and {args.max_stall_requeues} times in a row after a stall"
+        )
         return 0
     check_training_data(config)
     refuse_busy_run_folder(run_dir)
@@ -194,7 +207,10 @@ def submit_training(args: argparse.Namespace) -> int:
         folder=job_dir / "%j", cluster=backend, slurm_max_num_timeout=args.max_requeues
     )
     executor.update_parameters(**parameters)
-    job = executor.submit(TrainingJob(str(Path(args.config).resolve()), job_overrides(args, config, backend)))
+    training = TrainingJob(
+        str(Path(args.config).resolve()), job_overrides(args, config, backend), args.max_stall_requeues
+    )
+    job = executor.submit(training)
     print(f"job id: {job.job_id}")
     print(f"logs: {job.paths.folder}")
     tracking_uri = config.logging.tracking_uri or default_tracking_uri(run_dir)

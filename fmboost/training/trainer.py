@@ -106,12 +106,12 @@ def stall_allowances(config: FMBoostConfig) -> Allowances:
     )
 
 
-def exit_naming_the_resume(run_dir: Path, allowance_key: str) -> Callable[[StallReport], None]:
+def exit_naming_the_resume(run_dir: Path) -> Callable[[StallReport], None]:
     """What a stalled job does by default (torchrun, one process): say what stalled and how to go on."""
 
     def on_stall(report: StallReport) -> None:
         exit_after_stall(
-            f"{report.describe(allowance_key)}; ending the job. Resume with the same command: "
+            f"{report.describe()}; ending the job. Resume with the same command: "
             f"train.resume=auto continues from the last complete checkpoint in {run_dir / 'checkpoints'}"
         )
 
@@ -149,11 +149,6 @@ def train(
     device = device_for(env)
     allowances = stall_allowances(config)
     init_distributed(env, timeout_seconds=allowances.longest + 60)
-    progress = Progress()
-    allowance_key = f"train.stall_timeout_seconds={config.train.stall_timeout_seconds:g}"
-    watchdog = start_watchdog(
-        config, env, progress, on_stall or exit_naming_the_resume(run_dir, allowance_key)
-    )
     lock = RunFolderLock(run_dir)
     refusal = None
     if env.is_main:
@@ -163,6 +158,8 @@ def train(
             refusal = error
     if all_ranks_agree(refusal is not None, device):
         raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
+    progress = Progress()
+    watchdog = start_watchdog(config, env, progress, on_stall or exit_naming_the_resume(run_dir))
     try:
         return train_in_run_folder(
             config, env, run_dir, device, stop_requested or threading.Event(), progress

@@ -11,7 +11,9 @@ made progress for longer than the allowance of the slowest phase any rank is in,
 
 Every live rank then calls ``on_stall`` with the same report; the default logs which rank stalled and at
 which step, and how to resume, then exits with :data:`STALL_EXIT_CODE`, which a launcher can tell apart
-from a crash. (``os._exit``: the main thread may be blocked in a collective that never returns.)
+from a crash. (``os._exit``: the main thread may be blocked in a collective that never returns.) A rank
+that finds its own thread slept past the allowance was stopped itself: the others have acted on it, so
+it only exits.
 """
 
 import json
@@ -70,12 +72,13 @@ class StallReport:
     step: int  # the last step it finished
     phase: str
     quiet_seconds: float  # how long no rank made progress
+    allowance: float  # the train.stall_timeout_*seconds it exceeded
     reason: str  # why that rank is named
 
-    def describe(self, allowance_key: str) -> str:
+    def describe(self) -> str:
         return (
             f"rank {self.rank} stalled at step {self.step} ({self.phase}): no rank made progress for "
-            f"{self.quiet_seconds:.0f} s ({self.reason}; {allowance_key})"
+            f"{self.quiet_seconds:.0f} s, {self.allowance:g} s allowed ({self.reason})"
         )
 
 
@@ -103,14 +106,16 @@ class StallDetector:
         allowance = max(self.allowances.of(phase) for phase in phases)
         if now - self.store_answered > allowance:
             step = self.records.get(0, {}).get("step", 0)
-            return StallReport(0, step, "unknown", quiet, "the rendezvous store it hosts stopped answering")
+            return StallReport(
+                0, step, "unknown", quiet, allowance, "the rendezvous store it hosts stopped answering"
+            )
         if quiet <= allowance:
             return None
         frozen = [rank for rank, beat in self.last_beat.items() if now - beat > allowance]
         rank = frozen[0] if frozen else min(self.last_progress, key=self.last_progress.get)
         record = self.records.get(rank, {"step": 0, "phase": "setup"})
         reason = "its heartbeat stopped too" if frozen else "it went quiet first"
-        return StallReport(rank, record["step"], record["phase"], quiet, reason)
+        return StallReport(rank, record["step"], record["phase"], quiet, allowance, reason)
 
 
 class Watchdog(threading.Thread):
@@ -133,8 +138,14 @@ class Watchdog(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        beat = 0
+        beat, woke = 0, time.monotonic()
         while not self.stopped.wait(self.interval):
+            slept, woke = time.monotonic() - woke, time.monotonic()
+            if slept > self.detector.allowances.step:  # this rank itself was stopped (SIGSTOP, then SIGCONT)
+                exit_after_stall(
+                    f"rank {self.rank} was itself stopped for {slept:.0f} s, past the stall allowance; the "
+                    "other ranks have ended the job (Slurm resumes a stopped task before it kills it)"
+                )
             beat += 1
             record = {"step": self.progress.step, "phase": self.progress.phase, "count": self.progress.count}
             try:
@@ -169,11 +180,13 @@ def store_client(master_addr: str, master_port: int, timeout_seconds: float):
     )
 
 
-def exit_after_stall(message: str) -> None:
-    """Log ``message`` on this rank, flush every handler, and leave at once with :data:`STALL_EXIT_CODE`."""
+def exit_after_stall(message: str, delay_seconds: float = 0.0) -> None:
+    """Log ``message`` on this rank, flush every handler, and leave with :data:`STALL_EXIT_CODE` after
+    ``delay_seconds`` (time for another rank to act first, e.g. to requeue the job)."""
     logger.error(message)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(delay_seconds)
     os._exit(STALL_EXIT_CODE)

@@ -1,10 +1,12 @@
 """Against a real local Slurm cluster (2 nodes, accounting): multi-node training, requeue, encode arrays."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -94,6 +96,56 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes_from_its_checkpoint(
     assert "REQUEUED" in history and history[-1] == "COMPLETED"
     log = (run_dir / "submitit" / job_id / f"{job_id}_0_log.err").read_text()
     assert "resumed from" in log
+
+
+def job_task(job_id: str, task: int) -> psutil.Process:
+    """The process running ``task`` of Slurm job ``job_id`` on this machine's nodes."""
+    for process in psutil.process_iter():
+        try:
+            environment = process.environ()
+            if (
+                environment.get("SLURM_JOB_ID") == job_id
+                and environment.get("SLURM_PROCID") == str(task)
+                and "submitit" in " ".join(process.cmdline())
+            ):
+                return process
+        except psutil.Error:
+            continue
+    raise LookupError(f"task {task} of job {job_id} is not running here")
+
+
+def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpoint(tmp_path):
+    latents = build_latents(tmp_path)
+    run_dir = tmp_path / "run"
+    overrides = training_overrides(
+        latents, run_dir, max_steps=100, log_every=10, checkpoint_every=10, validate_every=10_000
+    )
+    stall = ["train.stall_timeout_seconds=3", "train.stall_timeout_checkpoint_seconds=60"]
+    command = [sys.executable, "cluster/submit.py", "--cluster", "slurm", "--wait", "--nodes", "2"]
+    command += ["--gpus-per-node", "1", "--time", "10", "configs/demo/tiny_cpu.yaml", *overrides, *stall]
+    submitted = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints" / "step_00000010" / "COMPLETE").exists():
+            assert time.time() < deadline and submitted.poll() is None, submitted.stdout.read()
+            time.sleep(0.1)
+        job_id = next((run_dir / "submitit").glob("*/*_submitted.pkl")).parent.name
+        job_task(job_id, 1).send_signal(signal.SIGSTOP)
+        output, _ = submitted.communicate(timeout=600)
+    finally:
+        if submitted.poll() is None:
+            submitted.kill()
+    assert submitted.returncode == 0, output
+    assert "'status': 'finished', 'step': 100" in output
+    history = subprocess.run(
+        ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-o", "State"], capture_output=True, text=True
+    ).stdout.split()
+    assert "REQUEUED" in history, history
+    log = (run_dir / "submitit" / job_id / f"{job_id}_0_log.err").read_text()
+    assert "rank 1 stalled at step" in log and "requeued to resume from" in log and "resumed from" in log
+    assert json.loads((run_dir / "stall_requeues.json").read_text())["requeues"] == 1
 
 
 def test_an_encode_config_runs_as_an_array_job(tmp_path):

@@ -175,3 +175,41 @@ def test_an_error_inside_a_job_comes_out_of_wait_as_its_one_line(tmp_path, capsy
     error = capsys.readouterr().err
     assert error == f"error: {missing} does not exist\n"  # raised in the job, not by the launcher
     assert list((tmp_path / "results" / "submitit").glob("*/*_fmboost_error.json"))
+
+
+STALLED_JOB = """
+import sys
+from pathlib import Path
+
+from cluster.jobs import requeue_after_stall
+from fmboost.distributed import DistributedEnv
+from fmboost.training.watchdog import StallReport
+
+on_stall = requeue_after_stall(Path(sys.argv[1]), DistributedEnv(rank=0, world_size=2), "12345", 2)
+on_stall(StallReport(1, 7, "step", 4.0, 3.0, "its heartbeat stopped too"))
+"""
+
+
+def test_a_job_that_keeps_stalling_without_a_new_checkpoint_stops_requeuing_and_says_so(tmp_path):
+    from cluster.jobs import record_stall_requeue
+    from fmboost.training.watchdog import STALL_EXIT_CODE
+
+    record_stall_requeue(tmp_path, None, 2)  # two stall requeues already, no checkpoint written since
+    stalled = subprocess.run(
+        [sys.executable, "-c", STALLED_JOB, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert stalled.returncode == STALL_EXIT_CODE
+    assert (
+        "rank 1 stalled at step 7 (step): no rank made progress for 4 s, 3 s allowed (its heartbeat stopped "
+        "too); ending job 12345; not requeued: it stalled 3 times before any checkpoint without writing a "
+        "new one (--max-stall-requeues 2)"
+    ) in stalled.stderr
+
+
+def test_a_new_checkpoint_starts_the_stall_count_again(tmp_path):
+    from cluster.jobs import record_stall_requeue, stall_requeues
+
+    assert stall_requeues(tmp_path, "step_00000010") == 0
+    record_stall_requeue(tmp_path, "step_00000010", 2)
+    assert stall_requeues(tmp_path, "step_00000010") == 2
+    assert stall_requeues(tmp_path, "step_00000020") == 0

@@ -51,7 +51,9 @@ def test_a_rank_stopped_with_sigstop_ends_every_rank_within_the_stall_timeout(tm
         text=True,
     )
     lines: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in launcher.stdout))
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), line) for line in launcher.stdout)
+    )
     reader.start()
     try:
         deadline = time.monotonic() + 120
@@ -61,13 +63,20 @@ def test_a_rank_stopped_with_sigstop_ends_every_rank_within_the_stall_timeout(tm
         stopped = rank_process(psutil.Process(launcher.pid), rank=1)
         stopped.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        launcher.wait(timeout=120)
+        while not any("rank 1 stalled at step" in line for _, line in lines) and launcher.poll() is None:
+            assert time.monotonic() - stopped_at < 60, "".join(line for _, line in lines)
+            time.sleep(0.1)
+        # torchrun ends a stopped worker only 30 s after its SIGTERM; end it as Slurm's srun -K would
+        stopped.kill()
+        launcher.wait(timeout=60)
     finally:
         if launcher.poll() is None:
             os.killpg(os.getpgid(launcher.pid), signal.SIGKILL)
         reader.join(timeout=10)
     output = "".join(line for _, line in lines)
-    named = [(at, line) for at, line in lines if "[rank 0] ERROR" in line and "rank 1 stalled at step" in line]
+    named = [
+        (at, line) for at, line in lines if "[rank 0] ERROR" in line and "rank 1 stalled at step" in line
+    ]
     assert named, output
     assert named[0][0] - stopped_at < STALL_SECONDS + 5, "rank 0 ends within the timeout and a margin"
     assert "its heartbeat stopped too" in named[0][1] and "Resume with the same command" in named[0][1]
