@@ -153,3 +153,11 @@ def test_the_group_norm_bench_checks_every_variant_then_times_it_against_nchw(tm
         "nhwc_in_place_eager_ms",
     }
     assert result["nhwc_native_eager_vs_nchw"] > 0 and result["nhwc_in_place_eager_vs_nchw"] > 0
+
+
+def test_the_checkpoint_checksum_bench_times_the_crc_against_the_write(tmp_path):
+    out = tmp_path / "checkpoint_checksum.json"
+    run_bench("bench/checkpoint_checksum.py", "--small", "--out", str(out))
+    result = json.loads(out.read_text())
+    for name in ("optimizer_share", "module"):
+        assert result[name]["bytes"] > 0 and result[name]["save_s"] > 0 and result[name]["crc32_s"] > 0

@@ -1,0 +1,82 @@
+"""What the checkpoint manifest's CRC-32 costs against writing the checkpoint, at the paper U-Net's size.
+
+    python bench/checkpoint_checksum.py                 # the paper U-Net, one rank's share of 8 (ZeRO-2)
+    python bench/checkpoint_checksum.py --small         # a tiny U-Net, any machine
+
+A rank of a ZeRO-2 job writes its share of the fp32 masters and both Adam moments (3 × 4 bytes per
+parameter ÷ ranks); rank 0 also writes the module (4 bytes per parameter). Both files are written with
+``torch.save`` and fsynced, as DeepSpeed writes them, then read back through
+:func:`fmboost.training.checkpoint_files.crc32_of`, as the manifest does. The baseline is the write, in
+the same run: the ratio says what share of a checkpoint's time the checksums add.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from bench_output import report
+
+from fmboost.config_loading import load_config
+from fmboost.models.unet import parameter_count
+from fmboost.training.checkpoint_files import crc32_of
+
+
+def timed_save(tensors: dict[str, torch.Tensor], path: Path) -> float:
+    started = time.perf_counter()
+    torch.save(tensors, path)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="configs/cfm_1k.yaml", help="whose U-Net sets the size")
+    parser.add_argument("--ranks", type=int, default=8, help="ranks the optimizer state is split over")
+    parser.add_argument("--small", action="store_true", help="the demo's tiny U-Net instead")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/checkpoint_checksum.json"))
+    args = parser.parse_args()
+    config = "configs/demo/tiny_cpu.yaml" if args.small else args.config
+    parameters = parameter_count(load_config(config).model)
+    share = 3 * parameters // args.ranks
+    files = {
+        "optimizer_share": {"fp32_and_moments": torch.randn(share)},
+        "module": {"module": torch.randn(parameters)},
+    }
+    results = {}
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        for name, tensors in files.items():
+            path = Path(folder) / f"{name}.pt"
+            save_s = timed_save(tensors, path)
+            started = time.perf_counter()
+            crc32_of(path)
+            checksum_s = time.perf_counter() - started
+            size = path.stat().st_size
+            results[name] = {
+                "bytes": size,
+                "save_s": round(save_s, 3),
+                "crc32_s": round(checksum_s, 3),
+                "save_gb_per_s": round(size / save_s / 1e9, 2),
+                "crc32_gb_per_s": round(size / checksum_s / 1e9, 2),
+                "crc32_vs_save": round(checksum_s / save_s, 3),
+            }
+    report(
+        {
+            "config": config,
+            "parameters": parameters,
+            "ranks": args.ranks,
+            "torch": torch.__version__,
+            **results,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
