@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,7 +125,14 @@ def save_main_process_files(directory: Path, state: TrainerState, ema_state: dic
 
 
 def load_trainer_state(directory: Path) -> TrainerState:
-    return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+    try:
+        return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise FMBoostError(
+            f"{directory / STATE_FILE} is unreadable ({error}); rename {directory.name} to resume from an "
+            "older checkpoint, or set train.resume=never to start over",
+            "train.resume",
+        ) from None
 
 
 def load_ema_state(directory: Path) -> dict[str, torch.Tensor]:
@@ -172,7 +180,7 @@ class Checkpointer:
     """
 
     def __init__(
-        self, run_dir: Path, engine, ema, loss_generator: torch.Generator, rank: int, keep: int, seed: int = 0
+        self, run_dir: Path, engine, ema, loss_generator: torch.Generator, rank: int, keep: int, seed: int
     ) -> None:
         self.run_dir, self.engine, self.ema, self.loss_generator = run_dir, engine, ema, loss_generator
         self.rank, self.keep, self.seed = rank, keep, seed
@@ -185,7 +193,8 @@ class Checkpointer:
         return checkpoint_root(self.run_dir) / tag_for(step)
 
     def restore(self, directory: Path) -> TrainerState:
-        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved.
+        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved; on another
+        number of ranks the ZeRO optimizer state is first written by parameter (rank 0) and re-cut.
 
         Any failure, DeepSpeed's and torch's own included, stops every rank with one line naming the
         checkpoint.
@@ -195,23 +204,16 @@ class Checkpointer:
             0,
             torch.distributed.get_world_size(),
         )
-        if reshard:  # rank 0 writes the state by parameter once; every rank then reads its partition
-            self.agreed(directory, consolidate if self.is_main else lambda _: None)
-        self.agreed(directory, lambda _: self.load_engine(directory, reshard))
-        restored = load_rng(directory, self.rank, self.loss_generator, self.seed, state.step)
-        if not restored:
-            logger.info(
-                "rank %d: no RNG state saved in %s, seeded from (seed, step, rank)", self.rank, directory
-            )
-        self.ema.shadow.load_state_dict(load_ema_state(directory))
-        self.ema.num_updates.fill_(state.ema_updates)
+        if reshard:
+            self.on_every_rank_or_none(directory, lambda: consolidate(directory) if self.is_main else None)
+        self.on_every_rank_or_none(directory, lambda: self.load_states(directory, state, reshard))
         return state
 
-    def agreed(self, directory: Path, call) -> None:
-        """Run ``call(directory)`` on this rank; if it fails on any rank, every rank stops."""
+    def on_every_rank_or_none(self, directory: Path, load: Callable[[], object]) -> None:
+        """Run ``load`` on this rank; if it fails on any rank, every rank stops with one line."""
         failure = None
         try:
-            call(directory)
+            load()
         except Exception as error:  # DeepSpeed's and torch's own errors, one line each
             failure = error
         if all_ranks_agree(failure is not None, self.engine.device):
@@ -222,8 +224,8 @@ class Checkpointer:
                 "train.resume",
             ) from None
 
-    def load_engine(self, directory: Path, reshard: bool) -> None:
-        """DeepSpeed's state; with ``reshard``, the optimizer's from the state by parameter instead."""
+    def load_states(self, directory: Path, state: TrainerState, reshard: bool) -> None:
+        """DeepSpeed's state (with ``reshard``, the optimizer's from the state by parameter), RNG, EMA."""
         self.engine.load_checkpoint(
             str(directory.parent), tag=directory.name, load_optimizer_states=not reshard
         )
@@ -233,6 +235,10 @@ class Checkpointer:
             learning_rates = self.engine.lr_scheduler.get_last_lr()
             for group, lr in zip(self.engine.optimizer.param_groups, learning_rates, strict=True):
                 group["lr"] = lr
+        if not load_rng(directory, self.rank, self.loss_generator, self.seed, state.step):
+            logger.info("rank %d: no RNG state in %s, seeded from (seed, step, rank)", self.rank, directory)
+        self.ema.shadow.load_state_dict(load_ema_state(directory))
+        self.ema.num_updates.fill_(state.ema_updates)
 
     def save(self, state: TrainerState) -> Path:
         """Write the checkpoint of ``state.step`` on every rank; returns its directory once complete."""

@@ -138,9 +138,12 @@ class Watchdog(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        beat, woke = 0, time.monotonic()
-        while not self.stopped.wait(self.interval):
-            slept, woke = time.monotonic() - woke, time.monotonic()
+        beat = 0
+        while True:
+            asleep = time.monotonic()
+            if self.stopped.wait(self.interval):
+                return
+            slept = time.monotonic() - asleep  # only the wait: a slow store call is not this rank's fault
             if slept > self.detector.allowances.step:  # this rank itself was stopped (SIGSTOP, then SIGCONT)
                 exit_after_stall(
                     f"rank {self.rank} was itself stopped for {slept:.0f} s, past the stall allowance; the "

@@ -78,3 +78,10 @@ def test_a_rank_without_a_saved_rng_state_is_seeded_from_seed_step_and_rank(tmp_
         draws.append((torch.rand(3), torch.rand(3, generator=generator)))
     assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
     assert not torch.equal(draws[0][0], draws[2][0]) and not torch.equal(draws[0][1], draws[2][1])
+
+
+def test_an_unreadable_trainer_state_is_one_line_naming_the_file(tmp_path):
+    directory = make_checkpoint(tmp_path, 10)
+    (directory / ckpt.STATE_FILE).write_text('{"step": 10, "images_')
+    with pytest.raises(FMBoostError, match=r"trainer_state.json is unreadable .*rename step_00000010"):
+        ckpt.load_trainer_state(directory)
