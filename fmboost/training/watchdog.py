@@ -2,12 +2,14 @@
 
 The training loop marks its progress (:meth:`Progress.mark`: a step, a validation, a checkpoint) in
 memory. A thread on every rank publishes that mark with a heartbeat counter to the job's rendezvous
-store (a TCPStore client of its own, with a short timeout) and reads every other rank's. When no rank has
-made progress for longer than the allowance of the slowest phase any rank is in, the job is stalled:
+store (a TCPStore client of its own, with a short timeout) and reads every other rank's. The job is
+stalled when no rank has made progress for longer than an allowance:
 
-- a rank whose heartbeat stopped too (SIGSTOP, a dead node) is the one that stalled;
-- else the rank that went quiet first (stuck in I/O while the others wait for it in a collective);
-- a store that stops answering for as long means its host (rank 0's node) stalled.
+- a rank whose heartbeat stopped (SIGSTOP, a dead node) after the step allowance, whatever phase it was
+  in: a slow validation or checkpoint still beats;
+- a store that stops answering for as long means its host (rank 0's node) stalled;
+- else, after the allowance of the slowest phase any rank is in, the rank that went quiet first (stuck
+  in I/O while the others wait for it in a collective).
 
 Every live rank then calls ``on_stall`` with the same report; the default logs which rank stalled and at
 which step, and how to resume, then exits with :data:`STALL_EXIT_CODE`, which a launcher can tell apart
@@ -101,20 +103,26 @@ class StallDetector:
         self.records[rank] = record
 
     def stalled(self, now: float) -> StallReport | None:
+        """The stall, if any. A slow phase keeps its heartbeat, so a rank whose heartbeat stopped (or the
+        store's host, when the store stops answering) gets only the step allowance, whatever phase it was
+        in; a job whose heartbeats go on gets the allowance of the slowest phase any rank is in."""
         quiet = now - max(self.last_progress.values())
+        step_allowance = self.allowances.step
+        if now - self.store_answered > step_allowance:  # then no heartbeat can be seen at all
+            return self.report(0, quiet, step_allowance, "the rendezvous store it hosts stopped answering")
+        frozen = [rank for rank, beat in self.last_beat.items() if now - beat > step_allowance]
+        if frozen and quiet > step_allowance:
+            return self.report(frozen[0], quiet, step_allowance, "its heartbeat stopped too")
         phases = {record["phase"] for record in self.records.values()} or {"setup"}
         allowance = max(self.allowances.of(phase) for phase in phases)
-        if now - self.store_answered > allowance:
-            step = self.records.get(0, {}).get("step", 0)
-            return StallReport(
-                0, step, "unknown", quiet, allowance, "the rendezvous store it hosts stopped answering"
-            )
         if quiet <= allowance:
             return None
-        frozen = [rank for rank, beat in self.last_beat.items() if now - beat > allowance]
-        rank = frozen[0] if frozen else min(self.last_progress, key=self.last_progress.get)
+        return self.report(
+            min(self.last_progress, key=self.last_progress.get), quiet, allowance, "it went quiet first"
+        )
+
+    def report(self, rank: int, quiet: float, allowance: float, reason: str) -> StallReport:
         record = self.records.get(rank, {"step": 0, "phase": "setup"})
-        reason = "its heartbeat stopped too" if frozen else "it went quiet first"
         return StallReport(rank, record["step"], record["phase"], quiet, allowance, reason)
 
 

@@ -53,6 +53,20 @@ def test_a_rank_in_a_validation_gives_the_job_the_validation_allowance():
     assert detector.stalled(102).quiet_seconds == 101
 
 
+def test_a_rank_frozen_in_a_checkpoint_gets_the_step_allowance_not_the_checkpoints():
+    timeline = [(1, rank, record(10, 20, 1, "checkpoint")) for rank in (0, 1)]
+    timeline += [(now, 0, record(10, 20, now, "checkpoint")) for now in range(2, 13)]
+    detector = detector_after(timeline)
+    assert detector.stalled(10.5) is None
+    report = detector.stalled(12)
+    assert (report.rank, report.phase, report.allowance, report.reason) == (
+        1,
+        "checkpoint",
+        10,
+        "its heartbeat stopped too",
+    )
+
+
 def test_a_store_that_stops_answering_names_rank_zero_which_hosts_it():
     detector = detector_after([(1, 0, record(2, 2, 1)), (1, 1, record(2, 2, 1))])
     report = detector.stalled(12)
