@@ -118,7 +118,7 @@ def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpo
     latents = build_latents(tmp_path)
     run_dir = tmp_path / "run"
     overrides = training_overrides(
-        latents, run_dir, max_steps=100, log_every=10, checkpoint_every=10, validate_every=10_000
+        latents, run_dir, max_steps=40, log_every=10, checkpoint_every=10, validate_every=10_000
     )
     stall = ["train.stall_timeout_seconds=3", "train.stall_timeout_checkpoint_seconds=60"]
     command = [sys.executable, "cluster/submit.py", "--cluster", "slurm", "--wait", "--nodes", "2"]
@@ -138,7 +138,7 @@ def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpo
         if submitted.poll() is None:
             submitted.kill()
     assert submitted.returncode == 0, output
-    assert "'status': 'finished', 'step': 100" in output
+    assert "'status': 'finished', 'step': 40" in output
     history = subprocess.run(
         ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-o", "State"], capture_output=True, text=True
     ).stdout.split()

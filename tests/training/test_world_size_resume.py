@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from evaluation.report import training_losses
 from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
+from fmboost.training.checkpoint_files import problems
 from fmboost.training.checkpointing import Checkpointer
 from fmboost.training.resharding import consolidated_path, read_shard
 from fmboost.training.trainer import train
@@ -100,6 +101,7 @@ def test_a_run_moves_from_two_ranks_to_one_and_back(tmp_path, latents, monkeypat
     # ------------------------------------------------------------------ 2 → 1 rank, in this process
     result = train(load_config(CONFIG, overrides(latents, run_dir, variant, max_steps=8)), DistributedEnv())
     assert (result.step, seen["directory"]) == (8, saved)
+    assert problems(saved) == [], "every file as written: the original is never modified"
     state = json.loads((run_dir / "checkpoints/step_00000008/trainer_state.json").read_text())
     assert (state["world_size"], state["grad_accum"]) == (1, 2), "the global batch of 8 is kept"
     assert result.images_seen == 4 * 8 + 4 * 8
