@@ -111,7 +111,10 @@ def stall_requeues(run_dir: Path, last_checkpoint: str | None) -> int:
     """How often the job requeued itself after a stall since ``last_checkpoint`` was written (a new
     checkpoint starts the count again), as recorded in the run folder for the requeued jobs to see."""
     path = Path(run_dir) / STALL_RECORD
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        record = {}  # unreadable: counted afresh
     return record.get("requeues", 0) if record.get("checkpoint") == last_checkpoint else 0
 
 

@@ -172,7 +172,11 @@ class Watchdog(threading.Thread):
                 pass
             report = self.detector.stalled(time.monotonic())
             if report is not None and not self.stopped.is_set():
-                self.on_stall(report)
+                try:
+                    self.on_stall(report)
+                except Exception:  # the job must end even if what it does on a stall fails
+                    logger.exception("the stall handler failed")
+                    exit_after_stall(f"{report.describe()}; ending the job")
                 return
 
     def stop(self) -> None:

@@ -213,3 +213,5 @@ def test_a_new_checkpoint_starts_the_stall_count_again(tmp_path):
     record_stall_requeue(tmp_path, "step_00000010", 2)
     assert stall_requeues(tmp_path, "step_00000010") == 2
     assert stall_requeues(tmp_path, "step_00000020") == 0
+    (tmp_path / "stall_requeues.json").write_text("{not json")
+    assert stall_requeues(tmp_path, "step_00000010") == 0, "an unreadable record counts afresh"
