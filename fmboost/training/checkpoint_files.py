@@ -49,14 +49,16 @@ def write_manifest(directory: Path, files: dict[str, dict[str, int | str]]) -> N
 
 
 def read_manifest(directory: Path) -> dict[str, dict[str, int | str]] | None:
-    """The files a checkpoint should hold; ``None`` for one written before manifests existed."""
+    """The files a checkpoint should hold; ``None`` for one written before manifests existed.
+
+    Raises ``ValueError`` for a manifest that cannot be read."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return {MANIFEST: {"bytes": -1, "crc32": "unreadable"}}
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"no file list ({error})") from None
 
 
 def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
@@ -64,11 +66,12 @@ def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
     of this rank's share of the files (``files[rank::world_size]``), against its manifest."""
     if not directory.is_dir():
         return [f"{directory} does not exist"]
-    files = read_manifest(directory)
+    try:
+        files = read_manifest(directory)
+    except ValueError:
+        return [f"{directory / MANIFEST} is unreadable"]
     if files is None:
         return []
-    if files.get(MANIFEST, {}).get("crc32") == "unreadable":
-        return [f"{directory / MANIFEST} is unreadable"]
     found = []
     for index, (relative, expected) in enumerate(sorted(files.items())):
         path = directory / relative

@@ -139,12 +139,17 @@ def load_ema_state(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / EMA_FILE))
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Every complete checkpoint of a run, oldest first."""
+    return sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
+
+
 def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
     """Declare ``directory`` complete, point ``latest`` at it, and prune older checkpoints."""
     (directory / COMPLETE).write_text("")
     pointer = checkpoint_root(run_dir) / LATEST
     write_text_atomically(pointer, directory.name)
-    complete = sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
+    complete = complete_checkpoints(run_dir)
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(consolidated_path(old).parent, ignore_errors=True)
@@ -192,14 +197,14 @@ class Checkpointer:
     def directory_for(self, step: int) -> Path:
         return checkpoint_root(self.run_dir) / tag_for(step)
 
-    def restore(self, directory: Path) -> TrainerState:
-        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` was saved; on another
-        number of ranks the ZeRO optimizer state is first written by parameter (rank 0) and re-cut.
+    def restore(self, directory: Path, state: TrainerState) -> None:
+        """Engine, RNG and EMA (every rank keeps one) as they were when ``directory`` (whose trainer state
+        is ``state``) was saved; on another number of ranks the ZeRO optimizer state is first written by
+        parameter (rank 0) and re-cut.
 
         Any failure, DeepSpeed's and torch's own included, stops every rank with one line naming the
         checkpoint.
         """
-        state = load_trainer_state(directory)
         reshard = self.engine.zero_optimization() and len(optimizer_shard_files(directory)) not in (
             0,
             torch.distributed.get_world_size(),
@@ -207,7 +212,6 @@ class Checkpointer:
         if reshard:
             self.on_every_rank_or_none(directory, lambda: consolidate(directory) if self.is_main else None)
         self.on_every_rank_or_none(directory, lambda: self.load_states(directory, state, reshard))
-        return state
 
     def on_every_rank_or_none(self, directory: Path, load: Callable[[], object]) -> None:
         """Run ``load`` on this rank; if it fails on any rank, every rank stops with one line."""

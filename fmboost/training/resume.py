@@ -23,7 +23,7 @@ import torch
 from fmboost.atomic_files import write_text_atomically
 from fmboost.errors import FMBoostError
 from fmboost.training.checkpoint_files import problems
-from fmboost.training.checkpointing import COMPLETE, LATEST, checkpoint_root
+from fmboost.training.checkpointing import LATEST, checkpoint_root, complete_checkpoints
 
 logger = logging.getLogger(__name__)
 BROKEN_PREFIX = "broken_"
@@ -46,7 +46,7 @@ def agreed_problems(directory: Path, rank: int, world_size: int) -> list[str]:
 def resume_candidates(run_dir: Path) -> list[Path]:
     """Complete checkpoints, the one ``latest`` names first, then the older ones newest first."""
     root = checkpoint_root(run_dir)
-    complete = sorted((p for p in root.glob("step_*") if (p / COMPLETE).is_file()), reverse=True)
+    complete = complete_checkpoints(run_dir)[::-1]
     pointer = root / LATEST
     named = root / pointer.read_text().strip() if pointer.is_file() else None
     if named in complete:

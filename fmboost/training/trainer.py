@@ -119,12 +119,11 @@ def exit_naming_the_resume(run_dir: Path) -> Callable[[StallReport], None]:
 
 
 def start_watchdog(
-    config: FMBoostConfig, env: DistributedEnv, progress: Progress, on_stall: Callable[[StallReport], None]
+    allowances: Allowances, env: DistributedEnv, progress: Progress, on_stall: Callable[[StallReport], None]
 ) -> Watchdog | None:
     """A watchdog on every rank of a multi-rank job (``train.stall_timeout_seconds`` > 0)."""
-    if env.world_size == 1 or config.train.stall_timeout_seconds == 0:
+    if env.world_size == 1 or allowances.step == 0:
         return None
-    allowances = stall_allowances(config)
     store = store_client(env.master_addr, env.master_port, max(5.0, allowances.step / 2))
     watchdog = Watchdog(store, env.rank, env.world_size, allowances, progress, on_stall)
     watchdog.start()
@@ -159,7 +158,7 @@ def train(
     if all_ranks_agree(refusal is not None, device):
         raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
     progress = Progress()
-    watchdog = start_watchdog(config, env, progress, on_stall or exit_naming_the_resume(run_dir))
+    watchdog = start_watchdog(allowances, env, progress, on_stall or exit_naming_the_resume(run_dir))
     try:
         return train_in_run_folder(
             config, env, run_dir, device, stop_requested or threading.Event(), progress
@@ -228,7 +227,8 @@ def train_in_run_folder(
     # ------------------------------------------------------------------ resume
     state = TrainerState(num_workers=config.data.num_workers)
     if resume_from is not None:
-        state = checkpointer.restore(resume_from)
+        state = saved
+        checkpointer.restore(resume_from, state)
         if (saved_ranks, state.num_workers) != (env.world_size, config.data.num_workers):
             # Per-rank stream positions mean nothing on another layout: a new stream starts here, with
             # segments keyed by this step, so the start of the run is not replayed.

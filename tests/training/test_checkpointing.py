@@ -85,3 +85,14 @@ def test_an_unreadable_trainer_state_is_one_line_naming_the_file(tmp_path):
     (directory / ckpt.STATE_FILE).write_text('{"step": 10, "images_')
     with pytest.raises(FMBoostError, match=r"trainer_state.json is unreadable .*rename step_00000010"):
         ckpt.load_trainer_state(directory)
+
+
+def test_an_unreadable_manifest_is_a_problem_and_no_manifest_is_none(tmp_path):
+    from fmboost.training.checkpoint_files import MANIFEST, problems
+
+    directory = make_checkpoint(tmp_path, 10)
+    assert problems(directory) == [], "written before manifests existed: loaded unchecked"
+    (directory / MANIFEST).write_text('{"files": ')
+    assert problems(directory) == [f"{directory / MANIFEST} is unreadable"]
+    (directory / MANIFEST).write_text("[1, 2]")
+    assert problems(directory) == [f"{directory / MANIFEST} is unreadable"]

@@ -66,8 +66,8 @@ def record_restores(monkeypatch) -> dict:
     """What the engine and the EMA hold right after a checkpoint was loaded."""
     seen, original = {}, Checkpointer.restore
 
-    def restore(self, directory):
-        state = original(self, directory)
+    def restore(self, directory, state):
+        original(self, directory, state)
         seen["directory"], seen["zero"] = directory, self.engine.zero_optimization()
         seen["ema"] = {k: v.clone() for k, v in self.ema.shadow.state_dict().items()}
         if seen["zero"]:
@@ -75,7 +75,6 @@ def record_restores(monkeypatch) -> dict:
             stored = self.engine.optimizer.optimizer.state[flat]
             seen["optimizer"] = {"fp32": flat.detach().clone(), **{k: v.clone() for k, v in stored.items()}}
             seen["used"] = sum(param.numel() for param in self.engine.module.parameters())
-        return state
 
     monkeypatch.setattr(Checkpointer, "restore", restore)
     return seen
