@@ -4,20 +4,32 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format clean sample-data encode-shards demo gpu-check
+.PHONY: install test test-fast docs docs-build lint format clean sample-data encode-shards demo gpu-check
 
 install: $(VENV)/.installed
 
 # Reinstall only when the dependency declarations change.
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,docs]'
 	touch $@
 
 # pytest exits 5 when a filter selects no test; that is not a failure of the suite.
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The inner loop: every test not marked slow (no training runs, Slurm jobs or compilation).
+test-fast: install
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, pages in docs/, API reference from the docstrings).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+# What CI runs: a broken link, anchor or docstring fails the build.
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The bundled sample dataset: real photos from scikit-image in img2dataset format (no download).
 sample-data: install
@@ -50,4 +62,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -106,7 +106,8 @@ def solve_ode(
         x0: start state [B, ...].
         solver: ``euler``, ``midpoint``, ``rk4`` (fixed steps) or ``dopri5`` (adaptive).
         nfe: evaluations for fixed-step solvers; ignored by ``dopri5``.
-        atol, rtol: tolerances of ``dopri5``.
+        atol: absolute tolerance of ``dopri5``.
+        rtol: relative tolerance of ``dopri5``.
         return_trajectory: also return intermediate states; fixed-step solvers return every
             step, ``dopri5`` returns ``trajectory_points`` evenly spaced times.
     """

@@ -40,8 +40,10 @@ class FirstStage(nn.Module, ABC):
         tile_size: tile edge in latent pixels above which encode/decode tile automatically
             (``None``: never tile unless asked).
         tile_overlap: overlap between tiles in latent pixels.
-        path, subfolder, config_file: where the weights (and architecture) came from, as recorded by
-            :meth:`record`; local paths are made absolute so a record works from any directory.
+        path: where the weights came from, as recorded by :meth:`record`; a local path is made
+            absolute so a record works from any directory.
+        subfolder: the weights' subfolder inside ``path``, as recorded.
+        config_file: the architecture's config file, as recorded (made absolute like ``path``).
     """
 
     name: str
