@@ -5,7 +5,8 @@
 #
 # Knobs (environment): FIRST_STAGE=identity|taesd, WEIGHTS=<dir of taef2_*.pth> (taesd), FRESH=1,
 # and for tests DEMO_ROOT (where data/, runs/ and results/ go), STEPS (training steps), EVAL_IMAGES,
-# EVAL_NFE (e.g. "[2]"; the evaluation's settings are otherwise those of configs/eval/demo.yaml).
+# EVAL_NFE (e.g. "[2]"; the evaluation's settings are otherwise those of configs/eval/demo.yaml),
+# ENCODE_ARGS (more key=value overrides of the encoding, e.g. "high_res=128 low_res=64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ stage() { # stage NAME COMMAND...: run and time one stage
 
 stage "sample data" "$PYTHON" -m data_pipeline.sample_data "$SAMPLE"
 stage "encode shards" "$PYTHON" -m data_pipeline.encode_shards "$ENCODE_CONFIG" \
-  "input=$SAMPLE/shards/{00000..00004}.tar" "output=$LATENTS" "${FIRST_STAGE_ARGS[@]}"
+  "input=$SAMPLE/shards/{00000..00004}.tar" "output=$LATENTS" "${FIRST_STAGE_ARGS[@]}" ${ENCODE_ARGS:-}
 
 TRAIN_ARGS=("train.run_dir=$RUN" "train.max_steps=$STEPS" "data.train=$LATENTS/shards/{000000..000003}.tar"
             "data.validation=$LATENTS/shards/000004.tar" "${FIRST_STAGE_ARGS[@]}")
