@@ -25,6 +25,7 @@ from typing import Any
 import submitit
 
 from fmboost.atomic_files import write_json_atomically
+from fmboost.cli import freeze_heap_for_exit
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
 from fmboost.training.watchdog import StallReport, exit_after_stall
@@ -51,7 +52,8 @@ def read_error_record(folder: Path, job_id: str) -> FMBoostError | None:
 
 def records_user_errors(call: Callable[..., Any]) -> Callable[..., Any]:
     """Run a job; an :class:`FMBoostError` is written next to submitit's logs and raised again, so the
-    scheduler still sees a failed job while the launcher can show the user one line instead of a trace."""
+    scheduler still sees a failed job while the launcher can show the user one line instead of a trace.
+    The job's process ends when it returns, so its heap is frozen then (:func:`freeze_heap_for_exit`)."""
 
     @functools.wraps(call)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,6 +64,8 @@ def records_user_errors(call: Callable[..., Any]) -> Callable[..., Any]:
             record = {"message": error.message, "parameter": error.parameter}
             write_json_atomically(error_record_path(job.paths.folder, str(job.job_id)), record)
             raise
+        finally:
+            freeze_heap_for_exit()
 
     return wrapper
 

@@ -23,7 +23,7 @@ import submitit
 import yaml
 
 from cluster.jobs import EncodeJob, EvaluationJob, PairsJob, TrainingJob, read_error_record
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config import to_yaml
 from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
@@ -291,4 +291,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

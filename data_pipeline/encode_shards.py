@@ -12,7 +12,6 @@ import argparse
 import io
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejec
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, fingerprint, list_input_shards
 from fmboost.atomic_files import atomic_path, write_json_atomically
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.data import shards as schema
 from fmboost.devices import resolve_device
 from fmboost.distributed import task_share
@@ -267,4 +266,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -17,7 +17,6 @@ The manifest's ``pairs`` records the teacher (its path and config), the solver, 
 import argparse
 import json
 import logging
-import sys
 import time
 import zlib
 from contextlib import nullcontext
@@ -34,7 +33,7 @@ from data_pipeline.job_cli import add_config_arguments, run_from_command_line
 from data_pipeline.manifest import refuse_mixed_settings, update_manifest
 from data_pipeline.pairs_config import PairsConfig, load_pairs_config
 from fmboost.atomic_files import atomic_path, write_json_atomically
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, check_compatible, decode_sample, resolve_dataset
 from fmboost.data.streams import raw_samples
@@ -265,4 +264,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -17,13 +17,12 @@ features and statistics before any Fréchet distance is taken.
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluation.config import FEATURE_METRICS, EvalRunConfig, load_eval_config
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.errors import ConfigError, FMBoostError, WeightsError
 
 if TYPE_CHECKING:
@@ -237,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -38,7 +38,7 @@ from typing import Any
 
 from evaluation.experiment_config import DEGRADED, ExperimentConfig, load_experiment_config, references
 from evaluation.report import METRIC_TITLES, plot_training_losses, training_losses
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.errors import FMBoostError
 
 logger = logging.getLogger("evaluation.run_experiment")
@@ -347,4 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

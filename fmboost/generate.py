@@ -10,10 +10,9 @@ Writes ``out/NNNNN.png`` and ``out/NNNNN.json`` (prompt or input, seed, settings
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config import FirstStageConfig, MemoryBound
 from fmboost.errors import FMBoostError
 
@@ -216,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

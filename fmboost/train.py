@@ -8,9 +8,8 @@ submitit and adds pre-emption handling.
 
 import argparse
 import logging
-import sys
 
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 
@@ -47,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_collecting(main())

@@ -1,12 +1,13 @@
 """Every command: a user's mistake is one line naming the command's own flag, exit code 2."""
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fmboost.cli import report_errors
+from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.errors import ConfigError, FMBoostError
 
 BIN = Path(sys.executable).parent
@@ -78,3 +79,12 @@ def test_a_cli_mistake_is_one_line_on_stderr_and_exit_code_two(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: command line: train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?"
     )
+
+
+def test_a_command_exits_with_its_code_and_its_heap_frozen_so_shutdown_skips_collecting_it():
+    try:
+        with pytest.raises(SystemExit) as exited:
+            exit_without_collecting(3)
+        assert exited.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
