@@ -20,7 +20,7 @@ def run_demo(root, **environment) -> subprocess.CompletedProcess:
 
 
 def test_the_demo_composes_the_three_commands_and_skips_finished_work_on_a_rerun(tmp_path):
-    first = run_demo(tmp_path)
+    first = run_demo(tmp_path, EVAL_IMAGES="8")  # the demo's whole sweep of solvers and NFE, on 8 crops
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (
         "CFM against its baselines on held-out photos" in first.stdout and "| bicubic | - |" in first.stdout
