@@ -19,7 +19,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
-# The inner loop: every test not marked slow (no training runs, Slurm jobs or compilation).
+# The inner loop: every test not marked slow (no training run, Slurm job, demo or compilation).
 test-fast: install
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
 
