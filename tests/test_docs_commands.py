@@ -83,6 +83,12 @@ def help_text(runner: tuple[str, ...]) -> str:
     return output.getvalue()
 
 
+def flags_missing_from_help(runner: list[str], arguments: list[str]) -> list[str]:
+    text = help_text(tuple(runner))
+    flags = [argument.split("=")[0] for argument in arguments if argument.startswith("--")]
+    return [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+
+
 @cache
 def make_targets() -> set[str]:
     return set(re.findall(r"^([\w-]+):", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE))
@@ -105,12 +111,6 @@ def test_a_misspelt_flag_is_caught():
     runner, arguments = entry_point(tokens)
     assert flags_missing_from_help(runner, arguments) == ["--node"]
     assert flags_missing_from_help(runner, ["--nodes", "8"]) == []
-
-
-def flags_missing_from_help(runner: list[str], arguments: list[str]) -> list[str]:
-    text = help_text(tuple(runner))
-    flags = [argument.split("=")[0] for argument in arguments if argument.startswith("--")]
-    return [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
 
 
 @pytest.mark.parametrize(("page", "command"), documented_commands())
