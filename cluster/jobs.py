@@ -236,6 +236,15 @@ class PairsJob(EncodeJob):
         return run(load_pairs_config(self.config_path, overrides))
 
 
+class BoostJob(EncodeJob):
+    """One array task of folder boosting (:mod:`fmboost.folder_boost`), split like encoding."""
+
+    def run_share(self, overrides: list[str]) -> dict[str, Any]:
+        from fmboost.folder_boost import boost_folder, load_boost_config
+
+        return {"totals": boost_folder(load_boost_config(self.config_path, overrides))["totals"]}
+
+
 class EvaluationJob:
     """One task of a sharded evaluation; the last task to finish merges the parts and reports."""
 

@@ -4,12 +4,14 @@
                              [--cluster auto|slurm|local] [--dry-run] [--wait] CONFIG [key=value ...]
     python cluster/submit.py --array N configs/encode/laion_1k.yaml [key=value ...]
     python cluster/submit.py --array N configs/distill/pairs_1k.yaml [key=value ...]
+    python cluster/submit.py --array N configs/boost/folder.yaml [key=value ...]
 
 A training config starts one task per GPU on every node; each task sets up the distributed
 environment from submitit's JobEnvironment and runs the trainer. Jobs checkpoint and requeue
 themselves on Slurm's time-limit/pre-emption signal. An encode config (top-level ``input``/``output``),
-a teacher-pair config (top-level ``teacher``) or an evaluation config (top-level ``benchmark``) with
-``--array N`` runs N array tasks, each doing its share; the last evaluation task merges the results.
+a teacher-pair config (top-level ``teacher``), a folder-boosting config (top-level ``input_dir``) or an
+evaluation config (top-level ``benchmark``) with ``--array N`` runs N array tasks, each doing its share;
+the last evaluation task merges the results.
 """
 
 import argparse
@@ -22,7 +24,7 @@ from typing import Any
 import submitit
 import yaml
 
-from cluster.jobs import EncodeJob, EvaluationJob, PairsJob, TrainingJob, read_error_record
+from cluster.jobs import BoostJob, EncodeJob, EvaluationJob, PairsJob, TrainingJob, read_error_record
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config import to_yaml
 from fmboost.config_loading import load_config
@@ -62,7 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPUs per task (default: cluster.cpus_per_task; encoding: num_workers + 2)",
     )
     parser.add_argument(
-        "--array", type=int, metavar="N", help="run an encode or eval config as N array tasks"
+        "--array",
+        type=int,
+        metavar="N",
+        help="run an encode, pairs, folder-boosting or eval config as N array tasks",
     )
     parser.add_argument(
         "--job-dir",
@@ -115,8 +120,8 @@ def choose_backend(requested: str) -> str:
 
 
 def config_kind(path: str) -> str:
-    """``pairs`` (top-level teacher), ``encode`` (top-level input/output), ``evaluation`` (top-level
-    benchmark) or ``training``."""
+    """``pairs`` (top-level teacher), ``encode`` (top-level input/output), ``boost`` (top-level
+    input_dir), ``evaluation`` (top-level benchmark) or ``training``."""
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -125,6 +130,8 @@ def config_kind(path: str) -> str:
         return "pairs"
     if isinstance(loaded, dict) and "input" in loaded and "output" in loaded:
         return "encode"
+    if isinstance(loaded, dict) and "input_dir" in loaded:
+        return "boost"
     if isinstance(loaded, dict) and "benchmark" in loaded:
         return "evaluation"
     return "training"
@@ -222,11 +229,13 @@ def submit_training(args: argparse.Namespace) -> int:
 
 
 def submit_array(args: argparse.Namespace, kind: str) -> int:
-    """Encoding, teacher pairs or evaluation as ``--array N`` tasks, each with its task index and count."""
+    """Encoding, teacher pairs, folder boosting or evaluation as ``--array N`` tasks, each with its task
+    index and count."""
     from data_pipeline.config import load_encode_config
     from data_pipeline.pairs_config import load_pairs_config
     from evaluation.config import load_eval_config
     from fmboost.config import ClusterConfig
+    from fmboost.folder_boost import load_boost_config
 
     tasks = args.array or 1
     if kind == "encode":
@@ -239,6 +248,9 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
     elif kind == "pairs":
         config = load_pairs_config(args.config, args.overrides)
         job_fn, job_dir, cpus = PairsJob(str(Path(args.config).resolve()), args.overrides), config.output, 4
+    elif kind == "boost":
+        config = load_boost_config(args.config, args.overrides)
+        job_fn, job_dir, cpus = BoostJob(str(Path(args.config).resolve()), args.overrides), config.output, 4
     else:
         config = load_eval_config(args.config, args.overrides)
         job_fn, job_dir, cpus = (
@@ -246,9 +258,9 @@ def submit_array(args: argparse.Namespace, kind: str) -> int:
             config.results_dir,
             4,
         )
-    teacher_on_gpu = kind == "pairs" and config.device != "cpu"  # the teacher runs 40 NFE per sample
+    on_gpu = kind in ("pairs", "boost") and config.device != "cpu"  # stages run many NFE per sample
     cluster = ClusterConfig(
-        nodes=1, gpus_per_node=1, request_gpus=teacher_on_gpu, time_minutes=1440, cpus_per_task=cpus
+        nodes=1, gpus_per_node=1, request_gpus=on_gpu, time_minutes=1440, cpus_per_task=cpus
     )
     backend = choose_backend(args.cluster or "auto")
     parameters = job_parameters(args, cluster, backend) | {"name": f"fmboost-{kind}"}
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = config_kind(args.config)
     if args.array is not None and kind == "training":
         raise ConfigError(
-            "--array runs encode, pairs or evaluation configs; training uses --nodes/--gpus-per-node"
+            "--array runs encode, pairs, boost or evaluation configs; training uses --nodes/--gpus-per-node"
         )
     try:
         code = submit_training(args) if kind == "training" else submit_array(args, kind)

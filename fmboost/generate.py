@@ -3,8 +3,13 @@
     python -m fmboost.generate --base sd-1.5/ --stage runs/cfm_1k/export --prompt "a red fox" --out out/
     python -m fmboost.generate --base sd-1.5/ --stage stage1/ --stage stage2/ --prompts-file prompts.txt
     python -m fmboost.generate --stage runs/cfm_1k/export --input-image photo.png --out out/
+    python -m fmboost.generate --stage runs/cfm_1k/export --input-dir photos/ --out boosted/
 
 Writes ``out/NNNNN.png`` and ``out/NNNNN.json`` (prompt or input, seed, settings, per-stage timings).
+``--input-dir`` boosts every image under a folder into ``out/`` with the same relative paths
+(``photos/a/b.jpg`` → ``boosted/a/b.png`` and ``b.json``), resumably: a rerun skips finished images, and
+``out/_boost_summary.json`` accounts for every file (boosted, done earlier, or skipped with its reason).
+On Slurm: ``python cluster/submit.py --array N configs/boost/folder.yaml``.
 """
 
 import argparse
@@ -32,6 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source.add_argument(
         "--input-image", type=Path, action="append", help="boost this image instead (repeatable)"
+    )
+    source.add_argument(
+        "--input-dir",
+        type=Path,
+        help="boost every image under this folder into --out, keeping relative paths; a rerun resumes",
     )
     parser.add_argument(
         "--base", help="diffusers pipeline directory or hub id that returns latents (e.g. SD 1.5)"
@@ -112,14 +122,48 @@ def batches(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def boost_input_dir(args: argparse.Namespace) -> list[Path]:
+    """``--input-dir``: the folder job of :mod:`fmboost.folder_boost`, with this command's settings."""
+    from fmboost.folder_boost import BOOSTED, BoostFolderConfig, boost_folder, validate_boost_config
+
+    if args.base or args.batch_size != 1:
+        raise FMBoostError(
+            "--input-dir boosts images one at a time, without a base: drop --base/--batch-size"
+        )
+    config = BoostFolderConfig(
+        input_dir=str(args.input_dir),
+        output=str(args.out),
+        stages=list(args.stage),
+        nfe=args.nfe or [],
+        solver=args.solver or [],
+        seed=args.seed,
+        first_stage=args.first_stage,
+        first_stage_path=args.first_stage_path,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        flow_tile_size=args.flow_tile_size,
+        flow_tile_overlap=args.flow_tile_overlap,
+        max_output_pixels=args.max_output_pixels,
+    )
+    validate_boost_config(config)
+    summary = boost_folder(config)
+    print(f"{args.input_dir}: {summary['totals']} (every file: {args.out / '_boost_summary.json'})")
+    return [
+        args.out / record["output"] for record in summary["files"].values() if record["status"] == BOOSTED
+    ]
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     import torch
 
     from fmboost.image_processing import load_image
-    from fmboost.pipeline import FMBoostPipeline
+    from fmboost.pipeline import FMBoostPipeline, one_or_per_stage
 
     if args.batch_size < 1:
         raise FMBoostError("--batch-size must be positive")
+    if args.input_dir:
+        return boost_input_dir(args)
     if not args.input_image and not args.base:
         raise FMBoostError(
             "--prompt/--prompts-file need --base (a diffusers pipeline); or boost an --input-image"
@@ -131,10 +175,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     pipeline = FMBoostPipeline.from_pretrained(
         args.stage, args.base, first_stage, args.device, args.dtype, memory, args.compile
     )
-    nfe = args.nfe if args.nfe and len(args.nfe) > 1 else (args.nfe[0] if args.nfe else None)
-    solver = (
-        args.solver if args.solver and len(args.solver) > 1 else (args.solver[0] if args.solver else None)
-    )
+    nfe, solver = one_or_per_stage(args.nfe), one_or_per_stage(args.solver)
     base_kwargs = {}
     if args.steps is not None:
         base_kwargs["num_inference_steps"] = args.steps
@@ -198,6 +239,8 @@ def run(args: argparse.Namespace) -> list[Path]:
 FLAGS = {
     "base": "--base",
     "image": "--input-image",
+    "input_dir": "--input-dir",
+    "output": "--out",
     "first_stage": "--first-stage",
     "flow_tile_size": "--flow-tile-size",
     "flow_tile_overlap": "--flow-tile-overlap",

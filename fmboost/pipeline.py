@@ -24,9 +24,10 @@ CUDA graphs on CUDA). The first call with a new input shape or NFE compiles: it 
 time is reported as ``timings["warmup"]``, apart from the timings of the call itself.
 """
 
+import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,20 @@ def load_base(base: str, device: torch.device, dtype: torch.dtype):
         ) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
+
+
+def evaluation_counter(progress: Callable[[int, int], None], stage: int) -> Callable[[], None]:
+    """Calls ``progress(stage, n)`` with n = 1, 2, ... at each evaluation of the stage's network."""
+    calls = itertools.count(1)
+    return lambda: progress(stage, next(calls))
+
+
+def one_or_per_stage(values: Sequence | None) -> Sequence | Any:
+    """A per-stage setting as given on a command line: none (each stage's trained value), one value for
+    every stage, or one per stage."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
 
 
 def first_stage_from_stage(stage: FMBoostModel) -> FirstStage:
@@ -197,12 +212,15 @@ class FMBoostPipeline:
         seed: int = 0,
         nfe: Sequence[int | None] | int | None = None,
         solver: Sequence[str | None] | str | None = None,
+        progress: Callable[[int, int], None] | None = None,
         **base_kwargs: Any,
     ) -> PipelineOutput:
         """Generate from ``prompts`` (needs a base), or boost scaled ``latents`` or ``images`` in [-1, 1].
 
         ``nfe``/``solver`` apply to every stage, or give one value per stage; ``None`` keeps each
-        stage's trained default. ``base_kwargs`` go to the base pipeline (e.g. ``num_inference_steps``).
+        stage's trained default. ``progress(stage, evaluations)`` is called before each network
+        evaluation of a stage (numbered from 1) with the count so far, e.g. for a progress bar.
+        ``base_kwargs`` go to the base pipeline (e.g. ``num_inference_steps``).
         """
         if sum(x is not None for x in (prompts, latents, images)) != 1:
             raise FMBoostError("give exactly one of prompts, latents or images")
@@ -219,10 +237,10 @@ class FMBoostPipeline:
         warmup = None
         if self.compiled and call not in self.warm_calls:  # compiles: time it apart
             started = time.perf_counter()
-            self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs)
+            self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, None)
             warmup = time.perf_counter() - started
             self.warm_calls.add(call)
-        output = self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs)
+        output = self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, progress)
         if warmup is not None:
             output.timings["warmup"] = warmup
         return output
@@ -236,6 +254,7 @@ class FMBoostPipeline:
         nfes: list[int | None],
         solvers: list[str | None],
         base_kwargs: dict[str, Any],
+        progress: Callable[[int, int], None] | None,
     ) -> PipelineOutput:
         """One generation with per-stage ``nfes``/``solvers`` (checked by :meth:`__call__`)."""
         timings: dict[str, float] = {}
@@ -271,6 +290,7 @@ class FMBoostPipeline:
                     stage_nfe,
                     tile_size=self.memory.flow_tile_size or None,
                     tile_overlap=self.memory.flow_tile_overlap,
+                    on_evaluation=None if progress is None else evaluation_counter(progress, index),
                 )
             z = solution.x1.float()
             used.append(solution.nfe)

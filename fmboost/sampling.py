@@ -56,6 +56,17 @@ class CountingField(torch.nn.Module):
         return self.velocity(x.to(self.field_dtype), t_batch).to(torch.float32)
 
 
+class ReportingNet:
+    """``net`` that calls ``report()`` before each evaluation, so a caller (a UI) can show progress."""
+
+    def __init__(self, net: Callable[..., torch.Tensor], report: Callable[[], None]) -> None:
+        self.net, self.report = net, report
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.report()
+        return self.net(*inputs)
+
+
 def steps_for_nfe(solver: str, nfe: int) -> int:
     """Number of steps a fixed-step ``solver`` takes for ``nfe`` evaluations; a clear error if impossible."""
     if solver not in FIXED_STEP_EVALS:

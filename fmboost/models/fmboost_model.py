@@ -11,6 +11,7 @@ All latents passed in or returned are *scaled* (the convention of diffusers LDM 
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
 from fmboost.models.unet import UNet, validate_unet
 from fmboost.objectives import build_objective, validate_flow
-from fmboost.sampling import ODESolution
+from fmboost.sampling import ODESolution, ReportingNet
 from fmboost.tiled_sampling import TiledNet
 from fmboost.upsampling import upsample_latents
 
@@ -170,15 +171,19 @@ class FMBoostModel(nn.Module):
         return_trajectory: bool = False,
         tile_size: int | None = None,
         tile_overlap: int = 0,
+        on_evaluation: Callable[[], None] | None = None,
     ) -> ODESolution:
         """Integrate from the prepared context; solver settings default to the model's ``flow`` config.
 
         With ``tile_size``, the network is evaluated in overlapping tiles of at most that many latent
         positions per side (:class:`~fmboost.tiled_sampling.TiledNet`), bounding memory for large inputs.
+        ``on_evaluation`` is called before every evaluation of the field (all its tiles), for progress.
         """
         flow = self.flow_config
         parameter = next(self.net.parameters())
         net = self.net if tile_size is None else TiledNet(self.net, tile_size, tile_overlap)
+        if on_evaluation is not None:
+            net = ReportingNet(net, on_evaluation)
         return self.objective.sample(
             net,
             z_up.to(device=parameter.device, dtype=parameter.dtype),

@@ -1,4 +1,4 @@
-"""Against a real local Slurm cluster (2 nodes, accounting): multi-node training, requeue, encode arrays."""
+"""Against a real local Slurm cluster (2 nodes, accounting): multi-node training, requeue, arrays."""
 
 import json
 import signal
@@ -11,9 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fmboost.data.shards import Manifest
+from fmboost.folder_boost import SUMMARY
 from fmboost.training import checkpointing as ckpt
 from tests.conftest import REPO_ROOT
 from tests.data_pipeline.builders import good_shards
+from tests.pipeline.test_folder_boost import boost, outputs, photo_folder
+from tests.pipeline.tiny_models import save_tiny_stage
 from tests.training.helpers import build_latents, training_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -176,3 +179,18 @@ def test_an_encode_config_runs_as_an_array_job(tmp_path):
         2,
     ]
     assert Manifest.load(output).completed_shards == [0, 1, 2, 3]
+
+
+def test_a_folder_split_over_array_tasks_gives_the_results_of_one_run(tmp_path):
+    stage = save_tiny_stage(tmp_path / "stage", latent_channels=3, first_stage={"name": "identity"})
+    folder = photo_folder(tmp_path / "in", 5)
+    assert boost(stage, folder, tmp_path / "reference") == 0
+    out = tmp_path / "boosted"
+    overrides = [f"input_dir={folder}", f"output={out}", f"stages=[{stage}]", "device=cpu"]
+    result = submit(
+        "--array", "2", "--cpus-per-task", "1", "configs/boost/folder.yaml", *overrides, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["tasks_reported"] == [0, 1] and summary["totals"]["boosted"] == 5
+    assert outputs(out) == outputs(tmp_path / "reference")

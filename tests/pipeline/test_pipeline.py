@@ -188,3 +188,17 @@ def test_generate_accepts_a_training_run_and_uses_its_latest_checkpoint(tmp_path
     args = ["--stage", str(tmp_path / "runs/demo"), "--first-stage", "identity", "--input-image", str(source)]
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert Image.open(tmp_path / "out" / "00000.png").size == (64, 64)
+
+
+def test_progress_is_reported_before_every_evaluation_of_every_stage(tiny_sd, stage):
+    cascade = FMBoostPipeline.from_pretrained([stage, stage], base=str(tiny_sd))
+    reports = []
+    cascade(
+        prompts=["a red fox"],
+        seed=0,
+        nfe=[2, 4],
+        solver=["euler", "midpoint"],
+        num_inference_steps=2,
+        progress=lambda stage, evaluations: reports.append((stage, evaluations)),
+    )
+    assert reports == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (2, 4)]
