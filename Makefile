@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast docs docs-build lint format clean sample-data encode-shards demo gpu-check
+.PHONY: install test test-fast docs docs-build lint format clean sample-data encode-shards demo app gpu-check
 
 install: $(VENV)/.installed
 
 # Reinstall only when the dependency declarations change.
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,docs]'
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev,docs,app]'
 	touch $@
 
 # pytest exits 5 when a filter selects no test; that is not a failure of the suite.
@@ -47,6 +47,11 @@ encode-shards: install
 # evaluation. Reruns skip finished stages; FRESH=1 starts over; FIRST_STAGE=taesd WEIGHTS=DIR uses TAEF2.
 demo: install
 	FRESH=$(FRESH) FIRST_STAGE=$(FIRST_STAGE) WEIGHTS=$(WEIGHTS) bash scripts/demo.sh
+
+# The browser app on http://127.0.0.1:7860: boost your own images and compare. After `make demo` it opens
+# on the demo's stage; STAGE=DIR (repeat with ARGS='--stage DIR2') offers trained stages instead.
+app: install
+	$(BIN)/fmboost-app $(if $(STAGE),--stage '$(STAGE)') $(ARGS)
 
 # On a CUDA machine: paper-size training (ZeRO-2, bf16, compile) and inference figures as JSON
 # (bench/gpu_check.py). ARGS='--small' checks the script itself on any machine.

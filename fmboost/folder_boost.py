@@ -186,6 +186,7 @@ def build_pipeline(config: BoostFolderConfig):
 
 def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFolderConfig) -> None:
     """Boost one image into ``root``; its output is written before its sidecar, both atomically."""
+    from fmboost.generate import sidecar
     from fmboost.image_processing import load_image
     from fmboost.pipeline import one_or_per_stage
 
@@ -202,18 +203,16 @@ def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFol
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as partial:
         output.images[0].save(partial, format="PNG")
-    sidecar = {
-        "image": str(source),
-        "input": entry.relative,
-        "seed": seed,
-        "size": list(output.images[0].size),
-        "stages": list(config.stages),
-        "nfe": output.nfe,
-        "solver": config.solver or None,
-        "timings_s": output.timings,
-        "settings": config.settings(),
-    }
-    write_json_atomically(entry.sidecar(root), sidecar)
+    record = sidecar(
+        {"image": str(source), "input": entry.relative},
+        seed,
+        1,
+        output.images[0],
+        config.stages,
+        output,
+        one_or_per_stage(config.solver),
+    )
+    write_json_atomically(entry.sidecar(root), record | {"settings": config.settings()})
 
 
 def merge_summary(root: Path, input_dir: Path, num_tasks: int, settings: dict[str, Any]) -> dict[str, Any]:

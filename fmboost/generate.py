@@ -16,10 +16,16 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config import FirstStageConfig, MemoryBound
 from fmboost.errors import FMBoostError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from fmboost.pipeline import PipelineOutput
 
 logger = logging.getLogger("fmboost.generate")
 
@@ -122,6 +128,29 @@ def batches(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def sidecar(
+    source: dict[str, str],
+    seed: int,
+    batch_size: int,
+    image: "Image.Image",
+    stages: list,
+    output: "PipelineOutput",
+    solver: Any,
+) -> dict[str, Any]:
+    """What a result's JSON sidecar records: its source (prompt or image), seed, size, stages, settings
+    and per-step timings. The app and folder boosting write the same one."""
+    return {
+        **source,
+        "seed": seed,
+        "batch_size": batch_size,
+        "size": list(image.size),
+        "stages": [str(stage) for stage in stages],
+        "nfe": output.nfe,
+        "solver": solver,
+        "timings_s": output.timings,
+    }
+
+
 def boost_input_dir(args: argparse.Namespace) -> list[Path]:
     """``--input-dir``: the folder job of :mod:`fmboost.folder_boost`, with this command's settings."""
     from fmboost.folder_boost import BOOSTED, BoostFolderConfig, boost_folder, validate_boost_config
@@ -217,19 +246,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{index:05d}.png"
             image.save(path)
-            sidecar = {
-                kind: value,
-                "seed": seed,
-                "batch_size": len(batch),
-                "size": list(image.size),
-                "stages": [str(s) for s in args.stage],
-                "nfe": output.nfe,
-                "solver": solver,
-                "base": args.base,
-                "base_kwargs": base_kwargs,
-                "timings_s": output.timings,
-            }
-            path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+            record = sidecar({kind: value}, seed, len(batch), image, args.stage, output, solver)
+            record |= {"base": args.base, "base_kwargs": base_kwargs}
+            path.with_suffix(".json").write_text(json.dumps(record, indent=2))
             written.append(path)
             index += 1
         logger.info("batch %d: %s", batch_index, {k: round(v, 3) for k, v in output.timings.items()})

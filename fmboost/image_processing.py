@@ -55,22 +55,24 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "bili
     return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=shrinking)
 
 
-def load_image(path: str | Path, size_multiple: int) -> torch.Tensor:
+def load_image(path: str | Path, size_multiple: int, name: str | None = None) -> torch.Tensor:
     """An image file as a model image batch [1, 3, H, W], centre-cropped to a multiple of ``size_multiple``.
 
     Decoded exactly as encoding decodes training images (:func:`decode_image`); errors name the
-    ``image`` parameter.
+    ``image`` parameter, and the file as ``name`` (default: its path; an upload's temporary path
+    means nothing to its user).
     """
+    name = name or str(path)
     try:
         image = decode_image(Path(path).read_bytes())
     except OSError as error:
-        raise FMBoostError(f"{path} cannot be read ({error.strerror or error})", "image") from None
+        raise FMBoostError(f"{name} cannot be read ({error.strerror or error})", "image") from None
     except ImageRejected as rejection:
-        message = f"{path} is not a readable image ({rejection.reason}: {rejection})"
+        message = f"{name} is not a readable image ({rejection.reason}: {rejection})"
         raise FMBoostError(message, "image") from None
     width, height = (side - side % size_multiple for side in image.size)
     if width == 0 or height == 0:
-        raise FMBoostError(f"{path} is smaller than {size_multiple} px", "image")
+        raise FMBoostError(f"{name} is smaller than {size_multiple} px", "image")
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return from_pil(image.crop((left, top, left + width, top + height)))
 

@@ -16,6 +16,7 @@ COMMANDS = [
     "fmboost-train",
     "fmboost-submit",
     "fmboost-generate",
+    "fmboost-app",
     "fmboost-eval",
     "fmboost-experiment",
 ]

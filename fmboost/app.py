@@ -1,0 +1,292 @@
+"""``fmboost-app``: boost your own images in the browser and compare the results side by side.
+
+    make app                                             # after make demo: the demo's stage
+    fmboost-app --stage runs/cfm_1k --stage runs/reflow_1k --stage runs/cfm_1k+runs/cfm_2k
+
+Upload one or more images (or pick an example), choose up to three results (a stage, cascade or student,
+each at its own NFE and solver) and boost. The compare view puts the input enlarged bicubically beside
+the results, with a before/after slider and a zoom that shows the same region of every column at full
+resolution. Each result downloads as PNG with the JSON sidecar ``fmboost-generate`` writes.
+
+The server binds to 127.0.0.1 and shares nothing unless asked (``--host``, ``--share``). One boost runs
+at a time and at most ``--queue-size`` wait, so users cannot exhaust memory; uploads above
+``--max-upload-mb`` and results above ``--max-output-pixels`` are refused with a one-line message.
+"""
+
+import argparse
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+
+from fmboost.cli import exit_without_collecting, report_errors
+from fmboost.config import MemoryBound
+from fmboost.errors import FMBoostError
+
+logger = logging.getLogger("fmboost.app")
+
+DEMO_STAGES = ("runs/demo_taef2", "runs/demo")  # what make demo trains, with TAEF2 or in pixel space
+NO_RESULT = "—"
+SOLVERS = ("trained", "euler", "midpoint", "rk4", "dopri5")
+RESULT_SLOTS = ("A", "B", "C")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fmboost-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stage",
+        action="append",
+        help="a stage to offer: model directory or training run; join several with + for a cascade "
+        "(repeatable; default: the demo's stage, runs/demo_taef2 or runs/demo)",
+    )
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        help="a folder of example images to offer (default: scikit-image photos the demo never trained on)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (off by default)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: bf16 on GPU, fp32 on CPU",
+    )
+    bound = MemoryBound()
+    parser.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=bound.max_output_pixels,
+        help="refuse, before any work, results with more pixels than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=25.0,
+        help="refuse uploads larger than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=8, help="images one boost may take (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=4,
+        help="boosts that may wait while one runs; more are turned away (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where results and sidecars are written (default: a temporary folder, removed on exit)",
+    )
+    return parser.parse_args(argv)
+
+
+def default_stages(stages: list[str] | None) -> list[str]:
+    if stages:
+        return stages
+    for candidate in DEMO_STAGES:
+        if Path(candidate).is_dir():
+            return [candidate]
+    raise FMBoostError(
+        "no stage given and no demo stage found: run make demo first, or pass --stage DIR", "stage"
+    )
+
+
+def example_images(folder: Path | None) -> list[str]:
+    """Example inputs: the given folder's images, else the held-out photos of the sample data."""
+    from data_pipeline.sample_data import HELD_OUT_PHOTOS, photo_directory
+    from fmboost.folder_boost import IMAGE_SUFFIXES
+
+    if folder is None:
+        return [str(photo_directory() / name) for name in sorted(HELD_OUT_PHOTOS)]
+    if not folder.is_dir():
+        raise FMBoostError(f"{folder} is not a folder", "examples")
+    return [str(path) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def build_app(
+    stages: list[str], examples: list[str], library, out_dir: Path, max_images: int, max_upload_bytes: int
+):
+    """The page: inputs and settings on the left, the compare view, zoom, timings and downloads below."""
+    import gradio as gr
+    from PIL import Image
+
+    from fmboost.app_boosting import Request, boost_uploads, zoom
+
+    def requests_from(values: list) -> list[Request]:
+        requests = []
+        for label, (spec, nfe, solver) in zip(
+            RESULT_SLOTS, zip(*[iter(values)] * 3, strict=True), strict=True
+        ):
+            if spec and spec != NO_RESULT:
+                requests.append(
+                    Request(label, spec, int(nfe) or None, None if solver == "trained" else solver)
+                )
+        return requests
+
+    def run_boost(files, seed, *slots, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its bar)
+        if not files:
+            raise gr.Error("Upload an image or pick an example first.")
+        if len(files) > max_images:
+            raise gr.Error(
+                f"{len(files)} images at once; this app boosts at most {max_images} (--max-images)."
+            )
+        uploads = []
+        for path in files:
+            name = Path(path).name
+            if Path(path).stat().st_size > max_upload_bytes:
+                raise gr.Error(f"{name} is larger than {max_upload_bytes / 2**20:.0f} MB (--max-upload-mb).")
+            uploads.append((path, name))
+        requests = requests_from(list(slots))
+        if not requests:
+            raise gr.Error("Choose a stage for at least one result.")
+        try:
+            total = len(uploads) * sum(library.planned_evaluations(r) for r in requests)
+            boosted = boost_uploads(
+                library,
+                uploads,
+                requests,
+                int(seed),
+                out_dir / uuid.uuid4().hex,
+                lambda done, what: progress((min(done, total), total), desc=what, unit="evaluations"),
+            )
+        except FMBoostError as error:
+            raise gr.Error(error.message) from None
+        names = [entry.name for entry in boosted]
+        return (boosted, gr.update(choices=names, value=names[0]), *view(boosted, names[0], 0.5, 0.5, 64))
+
+    def view(boosted, name, x, y, size):
+        if not boosted:
+            return None, None, None, "", None
+        entry = next(e for e in boosted if e.name == name)
+        columns = entry.columns()
+        gallery = [(str(path), label) for path, label in columns]
+        slider = (str(entry.bicubic), str(entry.results[0].path))
+        timings = "| result | size | seconds | per step (s) |\n|---|---|---|---|\n" + "\n".join(
+            f"| {r.request.describe()} | {'×'.join(map(str, Image.open(r.path).size))} | {r.seconds:.2f} | "
+            + ", ".join(f"{step} {seconds:.3f}" for step, seconds in r.timings.items())
+            + " |"
+            for r in entry.results
+        )
+        downloads = [str(p) for e in boosted for r in e.results for p in (r.path, r.sidecar)]
+        return gallery, slider, zoom(columns, (x, y), int(size)), timings, downloads
+
+    with gr.Blocks(title="FMBoost", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# FMBoost\nBoost images with trained CFM stages and compare them with bicubic enlargement."
+        )
+        boosted_state = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(
+                    label="Images", file_count="multiple", file_types=["image"], elem_id="uploads"
+                )
+                if examples:
+                    gr.Examples([[[path]] for path in examples], inputs=[files], label="Examples")
+            with gr.Column(scale=1):
+                slots = []
+                for index, label in enumerate(RESULT_SLOTS):
+                    with gr.Row():
+                        choices = stages if index == 0 else [NO_RESULT, *stages]
+                        slots.append(
+                            gr.Dropdown(
+                                choices,
+                                value=choices[0],
+                                label=f"Result {label}: stage",
+                                elem_id=f"stage_{label}",
+                            )
+                        )
+                        slots.append(
+                            gr.Number(
+                                0, label="NFE (0: trained)", precision=0, minimum=0, elem_id=f"nfe_{label}"
+                            )
+                        )
+                        slots.append(
+                            gr.Dropdown(
+                                list(SOLVERS), value="trained", label="Solver", elem_id=f"solver_{label}"
+                            )
+                        )
+                seed = gr.Number(0, label="Seed", precision=0)
+                boost_button = gr.Button("Boost", variant="primary", elem_id="boost")
+        shown = gr.Dropdown([], label="Image shown", elem_id="shown")
+        gallery = gr.Gallery(label="Compare", columns=4, format="png", elem_id="compare", height="auto")
+        with gr.Row():
+            slider = gr.ImageSlider(
+                label="Before / after (bicubic | result A)", format="png", elem_id="slider"
+            )
+            with gr.Column():
+                zoom_image = gr.Image(
+                    label="Zoom: the same region of each, enlarged without smoothing",
+                    format="png",
+                    elem_id="zoom",
+                )
+                zoom_x = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre x")
+                zoom_y = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre y")
+                zoom_size = gr.Slider(16, 256, 64, step=8, label="Zoom region (px)")
+        timings = gr.Markdown(elem_id="timings")
+        downloads = gr.File(
+            label="Downloads (PNG + JSON sidecar)", file_count="multiple", elem_id="downloads"
+        )
+
+        outputs = [gallery, slider, zoom_image, timings, downloads]
+        boost_button.click(run_boost, [files, seed, *slots], [boosted_state, shown, *outputs])
+        for control in (shown, zoom_x, zoom_y, zoom_size):
+            control.change(
+                view, [boosted_state, shown, zoom_x, zoom_y, zoom_size], outputs, show_progress="hidden"
+            )
+    return app
+
+
+@report_errors({"stage": "--stage", "examples": "--examples"})
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    import gradio as gr
+
+    from fmboost.app_boosting import CASCADE_SEPARATOR, StageLibrary
+
+    stages = default_stages(args.stage)
+    for spec in stages:
+        for part in spec.split(CASCADE_SEPARATOR):
+            if not Path(part.strip()).exists():
+                logger.warning("stage %s does not exist: boosting with %s will show that error", part, spec)
+    memory = MemoryBound(max_output_pixels=args.max_output_pixels)
+    library = StageLibrary(args.device, args.dtype, memory)
+    with tempfile.TemporaryDirectory(prefix="fmboost-app-") as scratch:
+        out_dir = args.out or Path(scratch)
+        app = build_app(
+            stages,
+            example_images(args.examples),
+            library,
+            out_dir,
+            args.max_images,
+            int(args.max_upload_mb * 2**20),
+        )
+        app.queue(max_size=args.queue_size, default_concurrency_limit=1)
+        logger.info("stages: %s; results go to %s", ", ".join(stages), out_dir)
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            max_file_size=int(args.max_upload_mb * 2**20),
+            allowed_paths=[str(out_dir)],
+            ssr_mode=False,
+            theme=gr.themes.Default(
+                font=["system-ui", "sans-serif"], font_mono=["monospace"]
+            ),  # no web fonts
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    exit_without_collecting(main())
