@@ -16,6 +16,7 @@ at a time and at most ``--queue-size`` wait, so users cannot exhaust memory; upl
 import argparse
 import logging
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def build_app(
 ):
     """The page: inputs and settings on the left, the compare view, zoom, timings and downloads below."""
     import gradio as gr
+    import torch
     from PIL import Image
 
     from fmboost.app_boosting import Request, boost_uploads, zoom
@@ -133,7 +135,7 @@ def build_app(
                 )
         return requests
 
-    def run_boost(files, seed, *slots, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its bar)
+    def run_boost(files, seed, tile, *slots, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its bar)
         if not files:
             raise gr.Error("Upload an image or pick an example first.")
         if len(files) > max_images:
@@ -149,6 +151,7 @@ def build_app(
         requests = requests_from(list(slots))
         if not requests:
             raise gr.Error("Choose a stage for at least one result.")
+        started = time.perf_counter()
         try:
             total = len(uploads) * sum(library.planned_evaluations(r) for r in requests)
             boosted = boost_uploads(
@@ -157,10 +160,19 @@ def build_app(
                 requests,
                 int(seed),
                 out_dir / uuid.uuid4().hex,
+                int(tile),
                 lambda done, what: progress((min(done, total), total), desc=what, unit="evaluations"),
             )
         except FMBoostError as error:
             raise gr.Error(error.message) from None
+        except torch.OutOfMemoryError:
+            raise gr.Error("Out of memory: boost fewer or smaller images at once.") from None
+        logger.info(
+            "boosted %d image(s) × %d result(s) in %.1f s",
+            len(uploads),
+            len(requests),
+            time.perf_counter() - started,
+        )
         names = [entry.name for entry in boosted]
         return (boosted, gr.update(choices=names, value=names[0]), *view(boosted, names[0], 0.5, 0.5, 64))
 
@@ -215,7 +227,15 @@ def build_app(
                                 list(SOLVERS), value="trained", label="Solver", elem_id=f"solver_{label}"
                             )
                         )
-                seed = gr.Number(0, label="Seed", precision=0)
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0)
+                    tile = gr.Number(
+                        MemoryBound().flow_tile_size,
+                        label="Flow tile size (latent positions; 0: never tile)",
+                        precision=0,
+                        minimum=0,
+                        elem_id="flow_tile_size",
+                    )
                 boost_button = gr.Button("Boost", variant="primary", elem_id="boost")
         shown = gr.Dropdown([], label="Image shown", elem_id="shown")
         gallery = gr.Gallery(label="Compare", columns=4, format="png", elem_id="compare", height="auto")
@@ -238,7 +258,7 @@ def build_app(
         )
 
         outputs = [gallery, slider, zoom_image, timings, downloads]
-        boost_button.click(run_boost, [files, seed, *slots], [boosted_state, shown, *outputs])
+        boost_button.click(run_boost, [files, seed, tile, *slots], [boosted_state, shown, *outputs])
         for control in (shown, zoom_x, zoom_y, zoom_size):
             control.change(
                 view, [boosted_state, shown, zoom_x, zoom_y, zoom_size], outputs, show_progress="hidden"

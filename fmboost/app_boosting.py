@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -101,18 +101,26 @@ def boost_uploads(
     requests: Sequence[Request],
     seed: int,
     out_dir: Path,
+    flow_tile_size: int,
     progress: Progress | None = None,
 ) -> list[Boosted]:
     """Boost every ``(path, name)`` upload with every request; results and sidecars go to ``out_dir``.
 
-    Everything is checked (every image readable, every stage loadable, every result within the memory
-    bound) before the first evaluation, so a bad input costs no compute. ``progress(done, what)`` counts
+    ``flow_tile_size`` is the pipelines' tiling for this call (0: never tile). Everything is checked
+    (every image readable, every stage loadable, the tiling, every result within the memory bound)
+    before the first evaluation, so a bad input costs no compute. ``progress(done, what)`` counts
     network evaluations.
     """
     from fmboost.generate import sidecar
     from fmboost.image_processing import load_image, to_pil
+    from fmboost.tiled_sampling import validate_tiling
 
     pipelines = {request.spec: library.pipeline(request.spec) for request in requests}
+    for pipeline in pipelines.values():
+        if flow_tile_size:
+            for stage in pipeline.stages:
+                validate_tiling(flow_tile_size, pipeline.memory.flow_tile_overlap, stage.size_multiple)
+        pipeline.memory = replace(pipeline.memory, flow_tile_size=flow_tile_size)
     multiple = size_multiple(list(pipelines.values()))
     images = [(load_image(path, multiple, name), name) for path, name in uploads]
     for image, name in images:
@@ -150,7 +158,7 @@ def boost_uploads(
                 output,
                 request.solver,
             )
-            write_json_atomically(path.with_suffix(".json"), record)
+            write_json_atomically(path.with_suffix(".json"), record | {"flow_tile_size": flow_tile_size})
             entry.results.append(
                 Result(request, path, path.with_suffix(".json"), seconds, output.timings, output.nfe)
             )

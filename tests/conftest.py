@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from fmboost.app_browser import free_local_port as free_port  # noqa: E402, F401 (tests import it here)
 from fmboost.config import UNetConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1]."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean()
     return float(-10 * torch.log10(mse))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

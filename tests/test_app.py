@@ -9,10 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,8 +16,9 @@ from PIL import Image
 
 from fmboost.app import default_stages, example_images, parse_args
 from fmboost.app_boosting import zoom
+from fmboost.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload
 from fmboost.errors import FMBoostError
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from tests.pipeline.test_folder_boost import save_photo
 from tests.pipeline.tiny_models import save_tiny_stage
 
@@ -29,79 +26,31 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = "no chromium on PATH (apt install chromium)"
-        if os.environ.get("FMBOOST_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    """The app on a free port, serving a pixel-space stage; stopped after the module."""
+    """The app on a free port, serving a pixel-space stage and a stage that does not exist."""
     root = tmp_path_factory.mktemp("app")
     stage = save_tiny_stage(root / "stage", latent_channels=3, first_stage={"name": "identity"})
-    port = free_port()
-    broken = root / "not_a_stage"  # offered too: choosing it must be an error on the page, not a crash
-    command = [sys.executable, "-m", "fmboost.app", "--stage", str(stage), "--stage", str(broken)]
-    command += ["--port", str(port)]
-    with open(root / "app.log", "w") as log:
-        server = subprocess.Popen(
-            [*command, "--out", str(root / "out")], cwd=REPO_ROOT, stdout=log, stderr=log
-        )
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the app did not start:\n{(root / 'app.log').read_text()}")
-                time.sleep(0.3)
+    with serve([str(stage), str(root / "not_a_stage")], root / "out") as url:
         yield url
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+    if shutil.which("chromium") is None:
+        message = "no chromium on PATH (bash scripts/install_chromium.sh)"
+        if os.environ.get("FMBOOST_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser, app_url):
-    page = browser.new_page(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
-    page.goto(app_url)
-    page.wait_for_selector("#boost")
+    page = open_page(browser, app_url)
     yield page
     page.close()
-
-
-def upload(page, *paths: Path) -> None:
-    page.locator("#uploads input[type=file]").set_input_files([str(path) for path in paths])
-    page.wait_for_selector(f"#uploads >> text={paths[-1].stem}")
-
-
-def choose_result_b(page, nfe: int) -> None:
-    """Result B: the same stage at ``nfe`` evaluations (result A keeps its trained NFE)."""
-    page.locator("#stage_B input").click()
-    page.get_by_role("option").nth(1).click()
-    page.locator("#nfe_B input").fill(str(nfe))
-
-
-def boost(page) -> None:
-    page.click("#boost")
-    page.wait_for_selector("#compare img", timeout=120_000)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +65,8 @@ def test_a_boost_doubles_the_upload_and_the_compare_view_and_download_show_the_c
     page, photo_file
 ):
     upload(page, photo_file)
-    choose_result_b(page, nfe=1)
+    choose_result(page, "B", stage_index=0, nfe=1)
+    page.locator("#flow_tile_size input").fill("48")  # the 64² latent runs in overlapping 48² tiles
     boost(page)
 
     captions = page.locator("#compare").inner_text()
@@ -136,6 +86,7 @@ def test_a_boost_doubles_the_upload_and_the_compare_view_and_download_show_the_c
         sidecar_link.click()
     sidecar = json.loads(Path(download_info.value.path()).read_text())
     assert sidecar["image"] == "astronaut.png" and sidecar["size"] == [128, 128] and sidecar["nfe"] == [2]
+    assert sidecar["flow_tile_size"] == 48
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#compare").scroll_into_view_if_needed()
@@ -157,13 +108,11 @@ def test_a_text_file_named_png_and_a_broken_stage_are_one_line_errors_on_the_pag
 
     page.locator("#uploads button[aria-label='Clear']").first.click()
     upload(page, photo_file)
-    page.locator("#stage_A input").click()
-    page.get_by_role("option").nth(1).click()  # the stage that does not exist
+    choose_result(page, "A", stage_index=1)  # the stage that does not exist
     page.click("#boost")
     page.get_by_text("not_a_stage cannot be loaded").first.wait_for(timeout=60_000)
 
-    page.locator("#stage_A input").click()
-    page.get_by_role("option").nth(0).click()
+    choose_result(page, "A", stage_index=0)
     boost(page)
     assert "A: stage · trained NFE" in page.locator("#compare").inner_text()
 
