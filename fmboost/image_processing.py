@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import save_image
 
 from fmboost.errors import FMBoostError
 from fmboost.image_decoding import ImageRejected, decode_image
@@ -91,6 +90,8 @@ def save_grid(columns: Mapping[str, torch.Tensor], path: Path, rows: int | None 
         for i in range(count)
         for column in images
     ]
+    from torchvision.utils import save_image  # torchvision imports torch._dynamo: 1-2 s for every process
+
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.stack(tiles), path, nrow=len(images), padding=2)
     path.with_suffix(".txt").write_text("columns: " + " | ".join(columns) + "\n")
