@@ -23,6 +23,7 @@ from pathlib import Path
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config import MemoryBound
 from fmboost.errors import FMBoostError
+from fmboost.generate import add_device_arguments, add_output_limit_argument
 
 logger = logging.getLogger("fmboost.app")
 
@@ -54,20 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (off by default)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        help="auto: bf16 on GPU, fp32 on CPU",
-    )
-    bound = MemoryBound()
-    parser.add_argument(
-        "--max-output-pixels",
-        type=int,
-        default=bound.max_output_pixels,
-        help="refuse, before any work, results with more pixels than this (default: %(default)s)",
-    )
+    add_device_arguments(parser)
+    add_output_limit_argument(parser)
     parser.add_argument(
         "--max-upload-mb",
         type=float,

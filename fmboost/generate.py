@@ -30,6 +30,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fmboost.generate")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, as every command that runs stages takes them."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: bf16 on GPU, fp32 on CPU",
+    )
+
+
+def add_output_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-output-pixels``: results above it are refused before any work."""
+    bound = MemoryBound()
+    parser.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=bound.max_output_pixels,
+        help="refuse, before any work, results with more pixels than this; 0: no limit "
+        "(default: %(default)s)",
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fmboost.generate",
@@ -81,13 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "VAE, else the one the stage was trained with",
     )
     parser.add_argument("--first-stage-path", help="weights of --first-stage")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        help="auto: bf16 on GPU, fp32 on CPU",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -108,13 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=bound.flow_tile_overlap,
         help="latent positions neighbouring tiles share and blend over (default: %(default)s)",
     )
-    parser.add_argument(
-        "--max-output-pixels",
-        type=int,
-        default=bound.max_output_pixels,
-        help="refuse, before any work, results with more pixels than this; 0: no limit "
-        "(default: %(default)s)",
-    )
+    add_output_limit_argument(parser)
     parser.add_argument(
         "--out",
         type=Path,
