@@ -228,20 +228,17 @@ def build_app(
                 boost_button = gr.Button("Boost", variant="primary", elem_id="boost")
         shown = gr.Dropdown([], label="Image shown", elem_id="shown")
         gallery = gr.Gallery(label="Compare", columns=4, format="png", elem_id="compare", height="auto")
+        gr.Markdown("**Zoom**: the same region of each, at full resolution, enlarged without smoothing")
+        zoom_image = gr.Image(show_label=False, format="png", elem_id="zoom")  # a label would hide a caption
+        with gr.Row():
+            zoom_x = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre x")
+            zoom_y = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre y")
+            zoom_size = gr.Slider(16, 256, 64, step=8, label="Zoom region (px)")
         with gr.Row():
             slider = gr.ImageSlider(
                 label="Before / after (bicubic | result A)", format="png", elem_id="slider"
             )
-            with gr.Column():
-                zoom_image = gr.Image(
-                    label="Zoom: the same region of each, enlarged without smoothing",
-                    format="png",
-                    elem_id="zoom",
-                )
-                zoom_x = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre x")
-                zoom_y = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre y")
-                zoom_size = gr.Slider(16, 256, 64, step=8, label="Zoom region (px)")
-        timings = gr.Markdown(elem_id="timings")
+            timings = gr.Markdown(elem_id="timings")
         downloads = gr.File(
             label="Downloads (PNG + JSON sidecar)", file_count="multiple", elem_id="downloads"
         )

@@ -193,5 +193,5 @@ def zoom(columns: Sequence[tuple[Path, str]], center: tuple[float, float], size:
             (tile, tile), Image.Resampling.NEAREST
         )
         sheet.paste(region, (index * (tile + 4), caption))
-        draw.text((index * (tile + 4) + 2, 2), label.split(" · ")[0], fill="black")
+        draw.text((index * (tile + 4) + 2, 2), label, fill="black")
     return sheet
