@@ -19,7 +19,8 @@ NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation
 ``train.channels_last``, each with and without ``train.fused_optimizer``, and with ``train.bf16_weights``
 (bf16 module weights, fp32 masters; compiled only on a GPU) at ZeRO-0 and at ZeRO-1 with fp32
 gradient accumulation, and NHWC eager and compiled with ``train.channels_last_group_norm`` (GroupNorm in
-NHWC in place; compiled only on a GPU) (``--variants`` picks some); (j) GroupNorm + SiLU alone at the
+NHWC in place; compiled only on a GPU), and at ZeRO-2 with the fused AdamW, eager and compiled (compiled
+only on a GPU) (``--variants`` picks some); (j) GroupNorm + SiLU alone at the
 paper U-Net's four widths, NCHW against NHWC, eager and compiled (``bench/group_norm.py``).
 Weights are random (nothing is downloaded): speed and memory do not depend on them.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
@@ -277,6 +278,7 @@ EAGER = ["train.compile=false", "train.channels_last=false", "train.fused_optimi
 LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}  # the pipeline's first
 COMPILED_FUSED = ["train.compile=true", "train.channels_last=true", "train.fused_optimizer=true"]
 BF16_WEIGHTS = ["train.precision=bf16", "train.bf16_weights=true"]
+ZERO_2 = ["deepspeed.zero_optimization.stage=2"]
 NHWC_GROUP_NORM = ["train.channels_last=true", "train.channels_last_group_norm=true"]
 # fp32 gradient accumulation with bf16 weights needs ZeRO 1-2: DeepSpeed's BF16_Optimizer, flat buffers
 BF16_WEIGHTS_ZERO_1 = [
@@ -302,13 +304,16 @@ TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run sho
     "zero0_eager_channels_last": [*EAGER, "train.channels_last=true"],
     "zero0_eager_channels_last_group_norm": [*EAGER, *NHWC_GROUP_NORM],
     "zero0_compile_channels_last_fused_adamw_group_norm": [*COMPILED_FUSED, *NHWC_GROUP_NORM],
+    # ZeRO-2 (part (a)'s stage, what a multi-GPU run uses) with the fused AdamW, eager and compiled
+    "zero2_eager_fused_adamw": [*EAGER, "train.fused_optimizer=true", *ZERO_2],
+    "zero2_compile_channels_last_fused_adamw": [*COMPILED_FUSED, *ZERO_2],
 }
 # With --small: these graphs compiled on a CPU take a minute more each and run no code that the compiled
 # fp32 variants, the eager variants and the compiled GroupNorm of part (j) do not already run.
 NOT_SMALL = {
     name
     for name in TRAINING_VARIANTS
-    if "compile" in name and ("bf16_weights" in name or "group_norm" in name)
+    if "compile" in name and ("bf16_weights" in name or "group_norm" in name or name.startswith("zero2"))
 }
 
 

@@ -60,7 +60,7 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
         assert layouts[f"decode_bf16_{layout}_s_per_image"] > 0
     assert layouts["decode_fp32_nchw_s_per_image"] > 0
-    on_cpu = [  # the compiled bf16-weights and NHWC GroupNorm variants run only on a GPU
+    on_cpu = [  # the compiled bf16-weights, NHWC GroupNorm and ZeRO-2 variants run only on a GPU
         "zero0_compile_channels_last",
         "zero0_compile_channels_last_fused_adamw",
         "zero0_eager",
@@ -69,6 +69,7 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
         "zero1_eager_bf16_weights_fp32_accumulation",
         "zero0_eager_channels_last",
         "zero0_eager_channels_last_group_norm",
+        "zero2_eager_fused_adamw",
     ]
     assert sorted(key for key in result if key.startswith("i_")) == sorted(
         f"i_train_cfm_1k_{v}" for v in on_cpu
