@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import time
-import zlib
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -43,16 +42,12 @@ from fmboost.errors import FMBoostError
 from fmboost.models import FMBoostModel
 from fmboost.models.fmboost_model import CONFIG_NAME, find_export
 from fmboost.objectives.flow_matching import FlowMatchingObjective
+from fmboost.randomness import keyed_seed
 from fmboost.sampling import solve_ode
 
 logger = logging.getLogger("data_pipeline.teacher_pairs")
 
 COPIED = (schema.LATENT_LOWRES, schema.LATENT_PSU, schema.CAPTION, schema.IMAGE)
-
-
-def sample_seed(seed: int, key: str) -> int:
-    """The start point's seed: a function of the sample, not of its batch or task."""
-    return zlib.crc32(f"{seed}:{key}".encode())
 
 
 class Teacher:
@@ -131,7 +126,7 @@ def pair_shard(
 
     def flush(writer: TarWriter, pending: list[dict]) -> None:
         keys = [raw["__key__"] for raw in pending]
-        seeds = [sample_seed(config.seed, key) for key in keys]
+        seeds = [keyed_seed(config.seed, key) for key in keys]  # the start points'
         z_up = torch.stack([transform(decode_sample(raw, images=False), None)["z_up"] for raw in pending])
         x0 = teacher.start_points(z_up, seeds)
         results = teacher.integrate(x0, z_up, config.solver, config.nfe) / scale + shift  # stored unscaled

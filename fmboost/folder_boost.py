@@ -18,7 +18,6 @@ its own part under ``_boost_tasks/`` and merges all parts of its split into the 
 import json
 import logging
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from fmboost.atomic_files import atomic_path, exclusive_lock, write_json_atomica
 from fmboost.config import PRECISIONS, FirstStageConfig, MemoryBound, merge_layers, read_layers
 from fmboost.distributed import task_share
 from fmboost.errors import ConfigError, FMBoostError
+from fmboost.randomness import keyed_seed
 
 logger = logging.getLogger("fmboost.folder_boost")
 
@@ -99,11 +99,6 @@ def load_boost_config(
     config = merge_layers(BoostFolderConfig, read_layers(path, overrides))
     validate_boost_config(config)
     return config
-
-
-def image_seed(seed: int, relative: str) -> int:
-    """An image's seed: a function of the run's seed and the image's path, not of its task or order."""
-    return zlib.crc32(f"{seed}:{relative}".encode())
 
 
 @dataclass
@@ -195,7 +190,7 @@ def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFol
     pipeline.check_output_size(
         (image.shape[-2] // downsampling, image.shape[-1] // downsampling), entry.relative
     )
-    seed = image_seed(config.seed, entry.relative)
+    seed = keyed_seed(config.seed, entry.relative)
     output = pipeline(
         images=image, seed=seed, nfe=one_or_per_stage(config.nfe), solver=one_or_per_stage(config.solver)
     )

@@ -4,6 +4,8 @@ Noise is drawn on the generator's device (CPU by default) and then moved, so the
 the same samples on CPU and GPU and a CPU generator can drive a CUDA model.
 """
 
+import zlib
+
 import torch
 
 
@@ -31,3 +33,9 @@ def randint(
     """``n`` integers in [0, high) on ``device``."""
     drawn = torch.randint(high, (n,), generator=generator, device=_generator_device(generator, device))
     return drawn.to(device)
+
+
+def keyed_seed(seed: int, key: str) -> int:
+    """A sample's own seed from a job's seed and the sample's key (its name or path), so that its result
+    does not depend on the batch, the task or the order that made it."""
+    return zlib.crc32(f"{seed}:{key}".encode())

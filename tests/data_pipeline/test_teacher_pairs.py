@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from data_pipeline.pairs_config import load_pairs_config
-from data_pipeline.teacher_pairs import main, run, sample_seed
+from data_pipeline.teacher_pairs import main, run
 from fmboost.data import resolve_dataset
 from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, decode_sample
@@ -21,6 +21,7 @@ from fmboost.data.streams import raw_samples
 from fmboost.errors import ConfigError
 from fmboost.models import FMBoostModel
 from fmboost.noise_schedule import noise_augment
+from fmboost.randomness import keyed_seed
 from fmboost.sampling import solve_ode
 from tests.conftest import REPO_ROOT
 from tests.pipeline.tiny_models import save_tiny_stage
@@ -59,7 +60,7 @@ def test_a_pair_is_the_teachers_solution_from_a_seeded_start_that_training_reads
     for raw in raw_samples(str(schema.shard_path(output, 1))):
         key = raw["__key__"]
         seed = json.loads(raw["json"])["pair"]["start_seed"]
-        assert seed == sample_seed(0, key)
+        assert seed == keyed_seed(0, key)
         assert raw[schema.LATENT_REAL] == source[key][schema.LATENT]  # the real target is kept
         assert raw[schema.LATENT_PSU] == source[key][schema.LATENT_PSU]
         sample = transform(decode_sample(raw), None)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fmboost.folder_boost import SUMMARY, image_seed, plan
+from fmboost.folder_boost import SUMMARY, plan
 from fmboost.generate import main as generate
+from fmboost.randomness import keyed_seed
 from tests.conftest import REPO_ROOT, photo
 from tests.pipeline.tiny_models import save_tiny_stage
 
@@ -65,7 +66,7 @@ def test_a_folder_is_boosted_into_the_same_relative_paths_and_every_file_is_acco
     assert sorted(outputs(out)) == ["00_astronaut.png", "sub/01_chelsea.png"]
     assert Image.open(out / "sub" / "01_chelsea.png").size == (128, 128)
     sidecar = json.loads((out / "sub" / "01_chelsea.json").read_text())
-    assert sidecar["input"] == "sub/01_chelsea.jpg" and sidecar["seed"] == image_seed(0, "sub/01_chelsea.jpg")
+    assert sidecar["input"] == "sub/01_chelsea.jpg" and sidecar["seed"] == keyed_seed(0, "sub/01_chelsea.jpg")
     assert sidecar["nfe"] == [2] and "stage_1" in sidecar["timings_s"]
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["totals"] == {"boosted": 2, "done_earlier": 0, "skipped": 4}
