@@ -1,5 +1,6 @@
 """Shared fixtures. Nothing here (or in any test) may reach a model hub."""
 
+import gc
 import os
 import signal
 import subprocess
@@ -19,6 +20,20 @@ from fmboost.config import UNetConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FMBOOST_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def frozen_heap() -> None:
+    """What is alive when a test module starts is exempt from the cyclic garbage collector.
+
+    After the compile and pipeline tests the suite's process holds about 2 million objects (imports,
+    compiled graphs), and every full collection walks them all: 1.2 s each on the 2-core CI machine.
+    DeepSpeed collects explicitly (its BF16_Optimizer four times per engine), so an in-process training
+    test took 28 s in the suite and 12 s alone. Garbage is collected first, so only live objects are
+    frozen, and a collection then walks only what the module made.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture

@@ -83,9 +83,11 @@ def test_a_cli_mistake_is_one_line_on_stderr_and_exit_code_two(tmp_path):
 
 
 def test_a_command_exits_with_its_code_and_its_heap_frozen_so_shutdown_skips_collecting_it():
+    gc.unfreeze()  # the suite freezes each module's heap (tests/conftest.py): start from none frozen
     try:
+        assert gc.get_freeze_count() == 0
         with pytest.raises(SystemExit) as exited:
             exit_without_collecting(3)
         assert exited.value.code == 3 and gc.get_freeze_count() > 0
     finally:
-        gc.unfreeze()
+        gc.freeze()

@@ -159,6 +159,7 @@ def train(
         raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
     progress = Progress()
     watchdog = start_watchdog(allowances, env, progress, on_stall or exit_naming_the_resume(run_dir))
+    frozen_by_caller = gc.get_freeze_count() > 0
     try:
         return train_in_run_folder(
             config, env, run_dir, device, stop_requested or threading.Event(), progress
@@ -166,7 +167,8 @@ def train(
     finally:
         if watchdog is not None:
             watchdog.stop()
-        gc.unfreeze()
+        if not frozen_by_caller:  # undo the hot loop's freeze; a caller that froze its heap keeps it so
+            gc.unfreeze()
         lock.release()
 
 

@@ -68,8 +68,14 @@ def test_the_heap_built_during_setup_is_frozen_out_of_garbage_collection_only_wh
         original_update(self, model)
 
     monkeypatch.setattr(EMA, "update", update)
+    gc.unfreeze()  # a process that froze nothing (the suite freezes each module's heap: tests/conftest.py)
     overrides = training_overrides(latents, tmp_path / "run", max_steps=2, validate_every=100)
     train(load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", overrides), DistributedEnv())
     # DeepSpeed, MLflow and the model's modules: far more objects than the loop itself creates
     assert len(frozen_during_steps) == 2 and min(frozen_during_steps) > 100_000
     assert gc.get_freeze_count() == 0  # the process gets its collector back
+
+    gc.freeze()  # a caller that froze its own heap keeps it frozen after training
+    overrides = training_overrides(latents, tmp_path / "again", max_steps=1, validate_every=100)
+    train(load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", overrides), DistributedEnv())
+    assert gc.get_freeze_count() > 0
