@@ -4,7 +4,7 @@
 set -euo pipefail
 if command -v chromium >/dev/null; then exit 0; fi
 for _ in 1 2; do
-  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/tmp/install_chromium.log 2>&1; then
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/tmp/install_chromium.log 2>&1; then
     chromium --version; exit 0
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 || true   # stale or missing package lists
