@@ -126,7 +126,7 @@ def pair_shard(
 
     def flush(writer: TarWriter, pending: list[dict]) -> None:
         keys = [raw["__key__"] for raw in pending]
-        seeds = [keyed_seed(config.seed, key) for key in keys]  # the start points'
+        seeds = [keyed_seed(config.seed, key) for key in keys]  # of the start points
         z_up = torch.stack([transform(decode_sample(raw, images=False), None)["z_up"] for raw in pending])
         x0 = teacher.start_points(z_up, seeds)
         results = teacher.integrate(x0, z_up, config.solver, config.nfe) / scale + shift  # stored unscaled

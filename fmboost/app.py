@@ -109,7 +109,6 @@ def build_app(
     """The page: inputs and settings on the left, the compare view, zoom, timings and downloads below."""
     import gradio as gr
     import torch
-    from PIL import Image
 
     from fmboost.app_boosting import Request, boost_uploads, zoom
 
@@ -173,7 +172,7 @@ def build_app(
         gallery = [(str(path), label) for path, label in columns]
         slider = (str(entry.bicubic), str(entry.results[0].path))
         timings = "| result | size | seconds | per step (s) |\n|---|---|---|---|\n" + "\n".join(
-            f"| {r.request.describe()} | {'×'.join(map(str, Image.open(r.path).size))} | {r.seconds:.2f} | "
+            f"| {r.request.describe()} | {'×'.join(map(str, r.size))} | {r.seconds:.2f} | "
             + ", ".join(f"{step} {seconds:.3f}" for step, seconds in r.timings.items())
             + " |"
             for r in entry.results
@@ -259,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     import gradio as gr
 
-    from fmboost.app_boosting import CASCADE_SEPARATOR, StageLibrary
+    from fmboost.app_boosting import StageLibrary, cascade_stages
 
     stages = default_stages(args.stage)
     for spec in stages:
-        for part in spec.split(CASCADE_SEPARATOR):
-            if not Path(part.strip()).exists():
+        for part in cascade_stages(spec):
+            if not Path(part).exists():
                 logger.warning("stage %s does not exist: boosting with %s will show that error", part, spec)
     memory = MemoryBound(max_output_pixels=args.max_output_pixels)
     library = StageLibrary(args.device, args.dtype, memory)

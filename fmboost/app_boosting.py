@@ -23,6 +23,11 @@ CASCADE_SEPARATOR = "+"
 Progress = Callable[[int, str], None]
 
 
+def cascade_stages(spec: str) -> list[str]:
+    """The stage directories of a stage spec: one, or several joined by ``+`` for a cascade."""
+    return [part.strip() for part in spec.split(CASCADE_SEPARATOR)]
+
+
 @dataclass(frozen=True)
 class Request:
     """One result to compute for every input: which stage spec, at which NFE and solver (None: trained)."""
@@ -44,6 +49,7 @@ class Result:
     request: Request
     path: Path
     sidecar: Path
+    size: tuple[int, int]
     seconds: float
     timings: dict[str, float]
     nfe: list[int]
@@ -75,10 +81,9 @@ class StageLibrary:
 
         with self.lock:
             if spec not in self.pipelines:
-                stages = [part.strip() for part in spec.split(CASCADE_SEPARATOR)]
                 try:
                     self.pipelines[spec] = FMBoostPipeline.from_pretrained(
-                        stages, device=self.device, dtype=self.dtype, memory=self.memory
+                        cascade_stages(spec), device=self.device, dtype=self.dtype, memory=self.memory
                     )
                 except FMBoostError as error:
                     raise FMBoostError(f"stage {spec} cannot be loaded: {error}") from None
@@ -88,11 +93,6 @@ class StageLibrary:
         """How many network evaluations a request takes per image (adaptive solvers: their trained NFE)."""
         pipeline = self.pipeline(request.spec)
         return sum(request.nfe or stage.flow_config.nfe for stage in pipeline.stages)
-
-
-def size_multiple(pipelines: Sequence) -> int:
-    """The pixel multiple every pipeline can take: each needs its downsampling × U-Net multiple."""
-    return math.lcm(*(p.first_stage.downsampling_factor * p.stages[0].size_multiple for p in pipelines))
 
 
 def boost_uploads(
@@ -113,20 +113,15 @@ def boost_uploads(
     """
     from fmboost.generate import sidecar
     from fmboost.image_processing import load_image, to_pil
-    from fmboost.tiled_sampling import validate_tiling
 
     pipelines = {request.spec: library.pipeline(request.spec) for request in requests}
     for pipeline in pipelines.values():
-        if flow_tile_size:
-            for stage in pipeline.stages:
-                validate_tiling(flow_tile_size, pipeline.memory.flow_tile_overlap, stage.size_multiple)
-        pipeline.memory = replace(pipeline.memory, flow_tile_size=flow_tile_size)
-    multiple = size_multiple(list(pipelines.values()))
+        pipeline.bound_memory(replace(pipeline.memory, flow_tile_size=flow_tile_size))
+    multiple = math.lcm(*(pipeline.image_multiple for pipeline in pipelines.values()))  # fits every one
     images = [(load_image(path, multiple, name), name) for path, name in uploads]
     for image, name in images:
         for pipeline in pipelines.values():
-            factor = pipeline.first_stage.downsampling_factor
-            pipeline.check_output_size((image.shape[-2] // factor, image.shape[-1] // factor), name)
+            pipeline.check_image_size(image, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     done, boosted = 0, []
     for image, name in images:
@@ -154,15 +149,17 @@ def boost_uploads(
                 seed,
                 1,
                 result,
-                request.spec.split(CASCADE_SEPARATOR),
+                cascade_stages(request.spec),
                 output,
                 request.solver,
             )
             write_json_atomically(path.with_suffix(".json"), record | {"flow_tile_size": flow_tile_size})
             entry.results.append(
-                Result(request, path, path.with_suffix(".json"), seconds, output.timings, output.nfe)
+                Result(
+                    request, path, path.with_suffix(".json"), result.size, seconds, output.timings, output.nfe
+                )
             )
-        largest = max((Image.open(r.path).size for r in entry.results), key=lambda size: size[0] * size[1])
+        largest = max((r.size for r in entry.results), key=lambda size: size[0] * size[1])
         to_pil(image)[0].resize(largest, Image.Resampling.BICUBIC).save(entry.bicubic)
         boosted.append(entry)
     return boosted

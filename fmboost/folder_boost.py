@@ -146,23 +146,18 @@ def recorded_settings(sidecar: Path) -> dict[str, Any] | None:
         return None
 
 
-def refuse_other_settings(entries: list[Entry], root: Path, settings: dict[str, Any]) -> None:
-    """A rerun with other settings would mix two kinds of results in one folder: refuse before any work."""
-    for entry in entries:
-        if entry.output is None:
-            continue
-        recorded = recorded_settings(entry.sidecar(root))
-        if recorded is not None and recorded != settings:
-            changed = sorted(key for key in settings if recorded.get(key) != settings[key])
+def refuse_other_settings(recorded: dict[str, dict | None], root: Path, settings: dict[str, Any]) -> None:
+    """A rerun with other settings would mix two kinds of results in one folder: refuse before any work.
+
+    ``recorded`` holds, by output, the settings its sidecar records (None: not finished)."""
+    for output, record in recorded.items():
+        if record is not None and record != settings:
+            changed = sorted(key for key in settings if record.get(key) != settings[key])
             raise FMBoostError(
                 f"{root} already holds results made with other settings (another {', '.join(changed)}; "
-                f"e.g. {entry.output}); boost into another output folder",
+                f"e.g. {output}); boost into another output folder",
                 "output",
             )
-
-
-def is_done(entry: Entry, root: Path) -> bool:
-    return (root / entry.output).is_file() and recorded_settings(entry.sidecar(root)) is not None
 
 
 def build_pipeline(config: BoostFolderConfig):
@@ -185,11 +180,8 @@ def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFol
     from fmboost.image_processing import load_image
     from fmboost.pipeline import one_or_per_stage
 
-    downsampling = pipeline.first_stage.downsampling_factor
-    image = load_image(source, downsampling * pipeline.stages[0].size_multiple)
-    pipeline.check_output_size(
-        (image.shape[-2] // downsampling, image.shape[-1] // downsampling), entry.relative
-    )
+    image = load_image(source, pipeline.image_multiple)
+    pipeline.check_image_size(image, entry.relative)
     seed = keyed_seed(config.seed, entry.relative)
     output = pipeline(
         images=image, seed=seed, nfe=one_or_per_stage(config.nfe), solver=one_or_per_stage(config.solver)
@@ -249,8 +241,14 @@ def boost_folder(config: BoostFolderConfig) -> dict[str, Any]:
     entries = plan(input_dir)
     mine = [entry for index, entry in enumerate(entries) if index % num_tasks == task_index]
     settings = config.settings()
-    refuse_other_settings(mine, root, settings)
-    todo = [entry for entry in mine if entry.output is not None and not is_done(entry, root)]
+    recorded = {e.output: recorded_settings(e.sidecar(root)) for e in mine if e.output is not None}
+    refuse_other_settings(recorded, root, settings)
+    todo = [  # an image is done when its output exists and its sidecar, written last, is readable
+        entry
+        for entry in mine
+        if entry.output is not None
+        and (recorded[entry.output] is None or not (root / entry.output).is_file())
+    ]
     logger.info(
         "task %d/%d: %d of %d files are mine, %d to boost, %d done earlier, %d skipped",
         task_index,

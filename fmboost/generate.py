@@ -223,14 +223,11 @@ def run(args: argparse.Namespace) -> list[Path]:
         base_kwargs["guidance_scale"] = args.guidance_scale
 
     if args.input_image:
-        downsampling = pipeline.first_stage.downsampling_factor
         inputs = [
-            ("image", str(path), load_image(path, downsampling * pipeline.stages[0].size_multiple))
-            for path in args.input_image
+            ("image", str(path), load_image(path, pipeline.image_multiple)) for path in args.input_image
         ]
         for _, path, image in inputs:
-            latent_size = (image.shape[-2] // downsampling, image.shape[-1] // downsampling)
-            pipeline.check_output_size(latent_size, f"--input-image {path}")
+            pipeline.check_image_size(image, f"--input-image {path}")
     else:
         prompts = args.prompt or [
             line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()

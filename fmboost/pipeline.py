@@ -112,7 +112,6 @@ class FMBoostPipeline:
         memory: MemoryBound | None = None,
         compile: bool = False,
     ) -> None:
-        self.memory = memory or MemoryBound()
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.dtype = precision_dtype(dtype, self.device) if isinstance(dtype, str) else dtype
         if not stages:
@@ -126,11 +125,7 @@ class FMBoostPipeline:
                     f"stage {index} works on {stage.latent_channels}-channel latents, but the first stage "
                     f"{first_stage.name!r} has {first_stage.latent_channels} channels"
                 )
-        for stage in self.stages:
-            if self.memory.flow_tile_size:
-                validate_tiling(
-                    self.memory.flow_tile_size, self.memory.flow_tile_overlap, stage.size_multiple
-                )
+        self.bound_memory(memory or MemoryBound())
         self.context_first_stages = [
             self.first_stage
             if stage.first_stage is None
@@ -175,6 +170,24 @@ class FMBoostPipeline:
             s.flow_config.scale_factor for s in self.stages
         )
         return latent_size[0] * factor, latent_size[1] * factor
+
+    def bound_memory(self, memory: MemoryBound) -> None:
+        """Bound memory by ``memory`` from now on; its flow tiles must fit every stage's U-Net."""
+        if memory.flow_tile_size:
+            for stage in self.stages:
+                validate_tiling(memory.flow_tile_size, memory.flow_tile_overlap, stage.size_multiple)
+        self.memory = memory
+
+    @property
+    def image_multiple(self) -> int:
+        """Input images are cropped to a multiple of this many pixels: what the first stage and the first
+        U-Net both divide."""
+        return self.first_stage.downsampling_factor * self.stages[0].size_multiple
+
+    def check_image_size(self, images: torch.Tensor, what: str) -> None:
+        """:meth:`check_output_size` for input images [B, 3, H, W] in pixels."""
+        factor = self.first_stage.downsampling_factor
+        self.check_output_size((images.shape[-2] // factor, images.shape[-1] // factor), what)
 
     def check_output_size(self, latent_size: tuple[int, int], what: str) -> None:
         """Refuse, before any work, a result larger than ``memory.max_output_pixels``."""
