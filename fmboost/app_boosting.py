@@ -39,9 +39,8 @@ class Request:
 
     def describe(self) -> str:
         settings = f"{self.nfe} NFE" if self.nfe else "trained NFE"
-        return f"{self.label}: {Path(self.spec).name} · {settings}" + (
-            f" · {self.solver}" if self.solver else ""
-        )
+        stages = CASCADE_SEPARATOR.join(Path(stage).name for stage in cascade_stages(self.spec))
+        return f"{self.label}: {stages} · {settings}" + (f" · {self.solver}" if self.solver else "")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fmboost.app import default_stages, example_images, parse_args
-from fmboost.app_boosting import zoom
+from fmboost.app_boosting import Request, zoom
 from fmboost.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload
 from fmboost.errors import FMBoostError
 from tests.conftest import REPO_ROOT
@@ -148,3 +148,9 @@ def test_the_zoom_shows_the_same_full_resolution_region_of_every_column(tmp_path
     second = sheet.crop((tile + 4, caption, 2 * tile + 4, caption + tile))
     enlarged = Image.open(tmp_path / "half.png").resize((128, 128), Image.Resampling.NEAREST)
     assert second.getpixel((0, 0)) == enlarged.getpixel((96, 0))  # the smaller result, at the same region
+
+
+def test_a_result_is_labelled_with_its_stages_nfe_and_solver():
+    assert Request("A", "runs/cfm_1k").describe() == "A: cfm_1k · trained NFE"
+    cascade = Request("B", "runs/cfm_1k + runs/cfm_2k", nfe=4, solver="midpoint")
+    assert cascade.describe() == "B: cfm_1k+cfm_2k · 4 NFE · midpoint"
