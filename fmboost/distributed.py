@@ -84,6 +84,18 @@ def device_for(env: DistributedEnv) -> torch.device:
     return torch.device("cpu")
 
 
+def skip_shared_memory_all_reduce() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce, which training never calls.
+
+    On the CPU accelerator every process that joins a group builds that C++ op on first use (about 25 s
+    of g++ on a fresh machine, and it needs a compiler); only DeepSpeed's tensor-parallel *inference*
+    all-reduce uses it, while training's collectives go through ``torch.distributed`` (gloo).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) -> str:
     """Join the process group (a single process too, so DeepSpeed runs the same); returns the backend.
 
@@ -94,6 +106,7 @@ def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) 
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     env.export()
+    skip_shared_memory_all_reduce()
     if not torch.distributed.is_initialized():
         timeout = {} if timeout_seconds is None else {"timeout": timedelta(seconds=timeout_seconds)}
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
