@@ -11,12 +11,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fmboost.atomic_files import exclusive_lock
+from fmboost.tracking_store import seed_new_store, sqlite_store_lock
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +26,6 @@ RETRY_SECONDS = 60.0
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
-
-
-@contextmanager
-def sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
-    """Hold an exclusive file lock beside a SQLite store (no-op for other stores).
-
-    Two processes creating the same SQLite store at once both run MLflow's schema migrations and one
-    fails (``table _alembic_tmp_latest_metrics already exists``); the lock makes them take turns.
-    """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        yield
-        return
-    with exclusive_lock(Path("/" + tracking_uri[len(prefix) :].lstrip("/") + ".lock")):
-        yield
 
 
 class Tracker:
@@ -74,12 +58,14 @@ class Tracker:
 
     @property
     def client(self):
-        """The MLflow client, built (and its store created or migrated) on first use; only ever used
-        inside :meth:`_call`, so an unreadable store is a warning, not a crash."""
+        """The MLflow client, built on first use (a new SQLite store starts as a copy of the cached empty
+        one, see :mod:`fmboost.tracking_store`); only ever used inside :meth:`_call`, so an unreadable
+        store is a warning, not a crash."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
             with sqlite_store_lock(self.tracking_uri):
+                seed_new_store(self.tracking_uri)
                 client = MlflowClient(tracking_uri=self.tracking_uri)
                 client.search_experiments(max_results=1)  # opens the store now, under the lock
             self._client = client

@@ -1,13 +1,19 @@
 import json
 import logging
 import multiprocessing
+import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
+import mlflow
+import mlflow.store.db.utils
+import pytest
 from mlflow.tracking import MlflowClient
 
 from fmboost.tracking import METRICS_FILE, RUN_ID_FILE, Tracker
+from fmboost.tracking_store import empty_store
 from tests.conftest import free_port, stop_server
 
 
@@ -95,7 +101,8 @@ def log_one_metric(run_dir: str, tracking_uri: str, go: str) -> str | None:
     return tracker.run_id
 
 
-def test_processes_creating_one_sqlite_store_at_once_all_log(tmp_path):
+def test_processes_creating_one_sqlite_store_at_once_all_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # they also race to make the empty store
     uri, go, jobs = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "go", 4
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(log_one_metric, str(tmp_path / f"job{i}"), uri, str(go)) for i in range(jobs)]
@@ -106,3 +113,68 @@ def test_processes_creating_one_sqlite_store_at_once_all_log(tmp_path):
     assert None not in run_ids
     client = MlflowClient(uri)
     assert all(client.get_run(run_id).data.metrics == {"train/loss": 1.0} for run_id in run_ids)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "fmboost" / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def schema_and_rows(database: Path) -> dict:
+    """Every table and index definition, the Alembic revision, and each experiment but its times.
+
+    A definition is compared as its set of lines: two runs of MLflow's own migrations list a table's
+    constraints in different orders.
+    """
+    with closing(sqlite3.connect(database)) as connection:
+        query = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        return {
+            "schema": [
+                (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+                for kind, name, sql in connection.execute(query)
+            ],
+            "revision": connection.execute("SELECT version_num FROM alembic_version").fetchall(),
+            "experiments": connection.execute(
+                "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+            ).fetchall(),
+        }
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_store_and_equals_one_mlflow_migrated(tmp_path, cache):
+    copied = Tracker(tmp_path / "copied", None, "exp")
+    copied.log_metrics({"train/loss": 0.5}, step=1)
+    assert cache.is_file()
+    migrated = MlflowClient(f"sqlite:///{tmp_path / 'migrated.db'}")
+    migrated.create_experiment(
+        "exp", artifact_location=(tmp_path / "copied" / "mlartifacts").resolve().as_uri()
+    )
+    assert schema_and_rows(tmp_path / "copied" / "mlflow.db") == schema_and_rows(tmp_path / "migrated.db")
+
+
+def test_once_the_empty_store_is_cached_new_stores_run_no_migration(tmp_path, cache, monkeypatch):
+    Tracker(tmp_path / "first", None, "exp").log_metrics({"train/loss": 0.5}, step=1)
+
+    def migrate(engine):
+        raise AssertionError("MLflow migrated a new store")
+
+    monkeypatch.setattr(mlflow.store.db.utils, "_initialize_tables", migrate)
+    second = Tracker(tmp_path / "second", None, "exp")
+    second.log_metrics({"train/loss": 0.25}, step=1)
+    run = MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}").get_run(second.run_id)
+    assert run.data.metrics == {"train/loss": 0.25}
+
+
+def test_an_unreadable_cached_store_is_made_again_and_a_cache_that_cannot_be_written_is_skipped(
+    tmp_path, cache, monkeypatch
+):
+    empty_store()
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short
+    Tracker(tmp_path / "remade", None, "exp").log_metrics({"train/loss": 0.5}, step=1)
+    assert schema_and_rows(cache)["revision"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    (tmp_path / "not-a-folder").write_text("a file")
+    tracker = Tracker(tmp_path / "uncached", None, "exp")
+    tracker.log_metrics({"train/loss": 0.5}, step=1)
+    run = MlflowClient(f"sqlite:///{tmp_path / 'uncached' / 'mlflow.db'}").get_run(tracker.run_id)
+    assert run.data.metrics == {"train/loss": 0.5}
