@@ -67,11 +67,12 @@ def steps_per_second(latents, run_dir) -> float:
 def test_a_job_past_its_time_limit_is_requeued_and_finishes_from_its_checkpoint(tmp_path):
     latents = build_latents(tmp_path)
     run_dir = tmp_path / "run"
-    # about 110 s of work under a 2-minute limit, at this machine's speed (a fixed step count took 2.5
-    # minutes on one machine and over 6 on a slower one). Slurm sends the signal 30-90 s into the job
-    # (its events have a 60 s resolution), so the first job never finishes the work, and the requeued
-    # one usually does (a 1-minute limit signalled after 15 s, and took 9 requeues)
-    max_steps = max(400, round(steps_per_second(latents, tmp_path / "calibration") * 110))
+    # Slurm checks time limits every 30 s and signals at the first check less than delay + 30 s before
+    # the limit: with a 2-minute limit and a 60 s delay, 30-60 s into the job. About 70 s of work at
+    # this machine's speed (a fixed step count took 2.5 minutes on one machine and over 6 on a slower
+    # one) keeps the first job from finishing before its signal, with some 15 s to spare. The requeued
+    # job usually finishes before its own signal; when it does not, a third one finishes the work.
+    max_steps = max(250, round(steps_per_second(latents, tmp_path / "calibration") * 70))
     overrides = training_overrides(
         latents, run_dir, max_steps=max_steps, log_every=100, checkpoint_every=10_000, validate_every=10_000
     )
@@ -83,7 +84,7 @@ def test_a_job_past_its_time_limit_is_requeued_and_finishes_from_its_checkpoint(
         "--time",
         "2",
         "--signal-delay",
-        "30",
+        "60",
         "configs/demo/tiny_cpu.yaml",
         *overrides,
     )
