@@ -56,14 +56,21 @@ def counted(samples: Iterator[dict[str, Any]], url: str, expected: int) -> Itera
 
 def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
     """Iterate ``loader``; an :class:`FMBoostError` raised in a worker process comes out as its own
-    one-line message instead of the DataLoader's copy of the worker's traceback."""
+    one-line message instead of the DataLoader's copy of the worker's traceback.
+
+    That message is raised outside the ``except`` block, so it carries no context chain back to the
+    DataLoader's frames: the loader's workers shut down as the error leaves. Kept alive by such a chain,
+    they would be shut down by a later garbage collection, which waits 5 s for each worker.
+    """
     try:
         yield from loader
+        return
     except FMBoostError as error:
         lines = str(error).strip().splitlines()
-        if len(lines) > 1 and lines[0].startswith("Caught FMBoostError"):
-            raise FMBoostError(lines[-1].split("FMBoostError: ", 1)[-1]) from None
-        raise
+        if not (len(lines) > 1 and lines[0].startswith("Caught FMBoostError")):
+            raise
+        message = lines[-1].split("FMBoostError: ", 1)[-1]
+    raise FMBoostError(message)
 
 
 def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
