@@ -9,6 +9,7 @@ import pytest
 
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.errors import ConfigError, FMBoostError
+from tests.conftest import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 COMMANDS = [
@@ -47,35 +48,45 @@ def test_errors_keep_their_parameter_across_processes():
     assert isinstance(error, ConfigError) and str(error) == "train.lr: must be positive"
 
 
+SCRIPTS = ("cluster/submit.py", "evaluation/run_benchmarks.py")
+MISTAKE = (BIN / "fmboost-train", "configs/cfm_1k.yaml", "train.lrr=1")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict[tuple, subprocess.CompletedProcess]:
+    """Every command these tests run, started at once (each spends seconds importing, on its own core
+    where there is one), by its argument list. The script forms run from a folder outside the repo."""
+    outside = tmp_path_factory.mktemp("outside")
+    commands = {(BIN / command, "--help"): REPO_ROOT for command in COMMANDS}
+    commands |= {(sys.executable, REPO_ROOT / script, "--help"): outside for script in SCRIPTS}
+    commands[MISTAKE] = REPO_ROOT
+    started = {
+        argv: subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv, cwd in commands.items()
+    }
+    outputs = {argv: process.communicate(timeout=120) for argv, process in started.items()}
+    return {
+        argv: subprocess.CompletedProcess(argv, started[argv].returncode, *output)
+        for argv, output in outputs.items()
+    }
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-def test_each_console_script_is_installed_and_explains_itself(command):
-    result = subprocess.run([BIN / command, "--help"], capture_output=True, text=True, timeout=120)
+def test_each_console_script_is_installed_and_explains_itself(command, finished):
+    result = finished[(BIN / command, "--help")]
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
 
 
-def test_the_documented_script_forms_run_without_editing_sys_path(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    for script in ("cluster/submit.py", "evaluation/run_benchmarks.py"):
-        assert "sys.path.insert" not in (repo / script).read_text()
-        result = subprocess.run(
-            [sys.executable, repo / script, "--help"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+def test_the_documented_script_forms_run_without_editing_sys_path(finished):
+    for script in SCRIPTS:
+        assert "sys.path.insert" not in (REPO_ROOT / script).read_text()
+        result = finished[(sys.executable, REPO_ROOT / script, "--help")]
         assert result.returncode == 0, result.stderr
 
 
-def test_a_cli_mistake_is_one_line_on_stderr_and_exit_code_two(tmp_path):
-    result = subprocess.run(
-        [BIN / "fmboost-train", "configs/cfm_1k.yaml", "train.lrr=1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+def test_a_cli_mistake_is_one_line_on_stderr_and_exit_code_two(finished):
+    result = finished[MISTAKE]
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: command line: train.lrr: Key 'lrr' not in 'TrainConfig'. Did you mean: 'lr'?"
