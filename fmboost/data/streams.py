@@ -58,19 +58,22 @@ def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
     """Iterate ``loader``; an :class:`FMBoostError` raised in a worker process comes out as its own
     one-line message instead of the DataLoader's copy of the worker's traceback.
 
-    That message is raised outside the ``except`` block, so it carries no context chain back to the
-    DataLoader's frames: the loader's workers shut down as the error leaves. Kept alive by such a chain,
-    they would be shut down by a later garbage collection, which waits 5 s for each worker.
+    The loader's workers are shut down before the error leaves (as Lightning does at teardown, through
+    the iterator's ``_shutdown_workers``): otherwise they live on until the iterator is garbage
+    collected, and torch's shutdown from a collection waits 5 s for each worker.
     """
+    batches = iter(loader)
     try:
-        yield from loader
+        yield from batches
         return
     except FMBoostError as error:
+        if hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
         lines = str(error).strip().splitlines()
         if not (len(lines) > 1 and lines[0].startswith("Caught FMBoostError")):
             raise
         message = lines[-1].split("FMBoostError: ", 1)[-1]
-    raise FMBoostError(message)
+    raise FMBoostError(message)  # outside the except block: no context chain back to the loader
 
 
 def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
