@@ -95,8 +95,9 @@ def readable_store(database: Path) -> bool:
 def seed_new_store(tracking_uri: str) -> None:
     """Start the SQLite store of ``tracking_uri`` as a copy of the cached empty one, if it does not exist.
 
-    Call it under :func:`sqlite_store_lock`. Stores that exist, servers, and a cache that cannot be
-    written are left to MLflow.
+    Call it under :func:`sqlite_store_lock`. Stores that exist and servers are left to MLflow, and so
+    is every store when the cached one cannot be made or copied (a read-only cache, a file system
+    where SQLite cannot lock): that only costs MLflow's migrations, so no such failure stops a run.
     """
     database = sqlite_database(tracking_uri)
     if database is None or database.exists():
@@ -106,5 +107,5 @@ def seed_new_store(tracking_uri: str) -> None:
         database.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(database) as partial:
             shutil.copyfile(template, partial)
-    except (OSError, sqlite3.Error) as error:
+    except Exception as error:  # OSError, sqlite3.Error, MlflowException: MLflow then makes the store
         logger.info("MLflow creates %s itself (no cached empty store: %s)", database, error)
