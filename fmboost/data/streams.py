@@ -59,21 +59,19 @@ def unwrap_worker_errors(loader: DataLoader) -> Iterator[Any]:
     one-line message instead of the DataLoader's copy of the worker's traceback.
 
     The loader's workers are shut down before the error leaves (as Lightning does at teardown, through
-    the iterator's ``_shutdown_workers``): otherwise they live on until the iterator is garbage
-    collected, and torch's shutdown from a collection waits 5 s for each worker.
+    the iterator's ``_shutdown_workers``): the error's traceback keeps the iterator alive, and torch's
+    shutdown from the garbage collection that finally frees it waits 5 s for each worker.
     """
     batches = iter(loader)
     try:
         yield from batches
-        return
     except FMBoostError as error:
         if hasattr(batches, "_shutdown_workers"):
             batches._shutdown_workers()
         lines = str(error).strip().splitlines()
-        if not (len(lines) > 1 and lines[0].startswith("Caught FMBoostError")):
-            raise
-        message = lines[-1].split("FMBoostError: ", 1)[-1]
-    raise FMBoostError(message)  # outside the except block: no context chain back to the loader
+        if len(lines) > 1 and lines[0].startswith("Caught FMBoostError"):
+            raise FMBoostError(lines[-1].split("FMBoostError: ", 1)[-1]) from None
+        raise
 
 
 def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
