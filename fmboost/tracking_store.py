@@ -6,7 +6,7 @@ MLflow version the result is always the same empty database, so the first one ma
 cache (``$XDG_CACHE_HOME/fmboost``, else ``~/.cache/fmboost``) and later stores start as a copy of it
 (milliseconds). The copy holds no experiment: MLflow adds its ``Default`` experiment when it first opens
 the store, with the artifact folder and time it would have given a store it migrated itself. Where the
-cache cannot be written, MLflow creates the store as before.
+cached store cannot be made or copied, MLflow creates the store as before.
 """
 
 import logging
