@@ -5,9 +5,10 @@
     write_json_atomically(stats_path, stats)      # small files in one call
 
 A rename within one directory is atomic on POSIX file systems, so a reader (or a resumed job) sees
-either the old file or the complete new one. A block that raises leaves no partial file behind.
-Writers that must take turns (several tasks updating one manifest or creating one SQLite store) hold
-:func:`exclusive_lock` around the update.
+either the old file or the complete new one. The folder is fsynced after the rename, so the new name
+survives a power loss as well as the new content (ext4 and XFS otherwise may lose the rename). A block
+that raises leaves no partial file behind. Writers that must take turns (several tasks updating one
+manifest or creating one SQLite store) hold :func:`exclusive_lock` around the update.
 """
 
 import fcntl
@@ -31,16 +32,32 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to stable storage (any open file descriptor of it will do on Linux)."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_directory(path: Path) -> None:
+    """Flush ``path``'s entries (names created, renamed or removed in it) to stable storage."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write; fsynced and renamed over ``path`` when the block succeeds."""
+    """A temporary sibling of ``path`` to write; fsynced, renamed over ``path`` and its folder fsynced when
+    the block succeeds."""
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
         yield partial
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(partial)
         partial.replace(path)
+        fsync_directory(path.parent)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -7,13 +7,22 @@ a checkpoint with its manifest, every rank checking the sizes of all files and t
 share of them, so a broken checkpoint is found before DeepSpeed or safetensors trip over it.
 
 CRC-32 runs at about 2 GB/s on one core, several times faster than the checkpoint is written
-(``bench/checkpoint_checksum.py`` measures both), so every file gets one.
+(``bench/checkpoint_checksum.py`` measures both), so every file gets one. Describing a file also
+fsyncs it: a checkpoint is declared complete only once every file it lists is on stable storage.
+
+A file that cannot be read while it is checked (an I/O error, a permission the file system refuses) is
+one more thing wrong with the checkpoint, never an exception: with several ranks, one that raised here
+would leave the others waiting for it in the collective that shares what each found.
 """
 
 import json
+import os
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+
+from fmboost.atomic_files import fsync_directory, write_json_atomically
 
 MANIFEST = "MANIFEST.json"
 CHUNK_BYTES = 8 * 1024**2
@@ -26,39 +35,70 @@ def owner_of(relative: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def crc32_of(path: Path) -> str:
+def crc32_of(path: Path, sync: bool = False) -> str:
+    """The CRC-32 of ``path``'s bytes; with ``sync``, the file is also fsynced through the same handle."""
     checksum = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             checksum = zlib.crc32(chunk, checksum)
+        if sync:
+            os.fsync(handle.fileno())
     return f"{checksum:08x}"
 
 
-def describe_own_files(directory: Path, rank: int) -> dict[str, dict[str, int | str]]:
-    """Size and CRC-32 of every file under ``directory`` that ``rank`` wrote, by path relative to it."""
+def describe_files(
+    directory: Path, owned: Callable[[str], bool] | None = None
+) -> dict[str, dict[str, int | str]]:
+    """Size and CRC-32 of every file under ``directory`` (those ``owned`` accepts, by relative path),
+    each fsynced as it is read."""
     described = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
-        if relative != MANIFEST and owner_of(relative) == rank:
-            described[relative] = {"bytes": path.stat().st_size, "crc32": crc32_of(path)}
+        if relative != MANIFEST and (owned is None or owned(relative)):
+            described[relative] = {"bytes": path.stat().st_size, "crc32": crc32_of(path, sync=True)}
     return described
 
 
-def write_manifest(directory: Path, files: dict[str, dict[str, int | str]]) -> None:
-    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+def describe_own_files(directory: Path, rank: int) -> dict[str, dict[str, int | str]]:
+    """Size and CRC-32 of every file under ``directory`` that ``rank`` wrote, fsynced, by relative path."""
+    return describe_files(directory, lambda relative: owner_of(relative) == rank)
 
 
-def read_manifest(directory: Path) -> dict[str, dict[str, int | str]] | None:
-    """The files a checkpoint should hold; ``None`` for one written before manifests existed.
+def sync_folders(directory: Path) -> None:
+    """fsync ``directory`` and every folder under it, so that the names of the files in them are durable."""
+    for folder in sorted((p for p in directory.rglob("*") if p.is_dir()), reverse=True):
+        fsync_directory(folder)
+    fsync_directory(directory)
 
-    Raises ``ValueError`` for a manifest that cannot be read."""
+
+def write_manifest(directory: Path, files: dict[str, dict[str, int | str]], **extra: object) -> None:
+    """``MANIFEST.json`` (atomically, fsynced): the file list, and any ``extra`` top-level entries."""
+    write_json_atomically(directory / MANIFEST, {"files": files, **extra})
+
+
+def read_manifest_record(directory: Path) -> dict | None:
+    """The whole manifest; ``None`` for a checkpoint written before manifests existed.
+
+    Raises ``ValueError`` for a manifest without a file list, ``OSError`` for one that cannot be read."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["files"]
-    except (KeyError, TypeError) as error:
+        record = json.loads(path.read_text())
+        record["files"].items()
+    except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"no file list ({error})") from None
+    return record
+
+
+def read_manifest(directory: Path) -> dict[str, dict[str, int | str]] | None:
+    """The files a checkpoint should hold; ``None`` for one written before manifests existed."""
+    record = read_manifest_record(directory)
+    return None if record is None else record["files"]
+
+
+def unreadable(path: Path, error: OSError) -> str:
+    return f"{path} could not be read ({error.strerror or type(error).__name__})"
 
 
 def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
@@ -70,20 +110,28 @@ def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
         files = read_manifest(directory)
     except ValueError:
         return [f"{directory / MANIFEST} is unreadable"]
+    except OSError as error:
+        return [unreadable(directory / MANIFEST, error)]
     if files is None:
         return []
     found = []
     for index, (relative, expected) in enumerate(sorted(files.items())):
         path = directory / relative
-        if not path.is_file():
-            found.append(f"{path} is missing")
-            continue
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            kind = (
-                "empty" if size == 0 else "truncated" if size < expected["bytes"] else "longer than written"
-            )
-            found.append(f"{path} is {kind} ({size} bytes, {expected['bytes']} written)")
-        elif index % world_size == rank and crc32_of(path) != expected["crc32"]:
-            found.append(f"{path} is corrupt (its CRC-32 differs from the one written)")
+        try:
+            found.extend(file_problems(path, expected, check_content=index % world_size == rank))
+        except OSError as error:
+            found.append(unreadable(path, error))
     return found
+
+
+def file_problems(path: Path, expected: dict, check_content: bool) -> list[str]:
+    """What is wrong with one file against its manifest entry (its CRC-32 only if ``check_content``)."""
+    if not path.is_file():
+        return [f"{path} is missing"]
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        kind = "empty" if size == 0 else "truncated" if size < expected["bytes"] else "longer than written"
+        return [f"{path} is {kind} ({size} bytes, {expected['bytes']} written)"]
+    if check_content and crc32_of(path) != expected["crc32"]:
+        return [f"{path} is corrupt (its CRC-32 differs from the one written)"]
+    return []

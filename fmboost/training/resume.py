@@ -1,12 +1,13 @@
 """Which checkpoint a job resumes from, and what changes when the number of ranks did.
 
 **Fallback.** ``train.resume=auto`` tries the complete checkpoints newest first (the one ``latest``
-names, then older ones). Every rank checks each against its manifest
-(:mod:`fmboost.training.checkpoint_files`) and all ranks take the union of what they found, so they
-agree. A broken checkpoint is named with what is wrong with it; once an older one checks out, the broken
-ones are renamed ``broken_step_N`` (never deleted, never tried again) and ``latest`` points at the good
-one. When none checks out nothing is renamed and the job stops with one line: it never starts over from
-step 0 while checkpoints exist.
+names, then older ones). Rank 0 lists them and sends its list to every rank, so that ranks whose view
+of a shared file system lags (attribute caching) still try the same ones in the same order. Every rank
+checks each against its manifest (:mod:`fmboost.training.checkpoint_files`) and all ranks take the union
+of what they found, so they agree and load the same one. A broken checkpoint is named with what is wrong
+with it; once an older one checks out, the broken ones are renamed ``broken_step_N`` (never deleted,
+never tried again) and ``latest`` points at the good one. When none checks out nothing is renamed and the
+job stops with one line: it never starts over from step 0 while checkpoints exist.
 
 **World size.** The global batch is ``data.batch_size × ranks × train.grad_accum``. When the number of
 ranks changes and ``train.keep_global_batch`` is on, ``train.grad_accum`` is rescaled to keep it where
@@ -65,8 +66,26 @@ def set_aside(directory: Path) -> Path:
     return target
 
 
+def list_checkpoints(run_dir: Path) -> tuple[list[Path], list[Path], str | None]:
+    """(resume candidates, checkpoints set aside before, why the folder could not be read)."""
+    try:
+        set_aside_before = sorted(checkpoint_root(run_dir).glob(BROKEN_PREFIX + "step_*"))
+        return resume_candidates(run_dir), set_aside_before, None
+    except OSError as error:
+        return [], [], error.strerror or type(error).__name__
+
+
+def as_rank_zero_sees(value: object, world_size: int) -> object:
+    """Rank 0's ``value`` on every rank (each passes its own; only rank 0's is kept)."""
+    if world_size == 1:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def choose_checkpoint(run_dir: Path, resume: str, rank: int, world_size: int) -> Path | None:
-    """The checkpoint this job loads (``None``: a fresh start), checked on every rank."""
+    """The checkpoint this job loads (``None``: a fresh start), chosen by rank 0 and checked on every rank."""
     if resume == "never":
         return None
     if resume != "auto":
@@ -74,9 +93,12 @@ def choose_checkpoint(run_dir: Path, resume: str, rank: int, world_size: int) ->
         if found := agreed_problems(explicit, rank, world_size):
             raise CheckpointError(f"{explicit} is broken: {'; '.join(found)}", "train.resume")
         return explicit
-    candidates = resume_candidates(run_dir)
+    listed = list_checkpoints(run_dir) if rank == 0 else None
+    candidates, set_aside_before, failure = as_rank_zero_sees(listed, world_size)
+    if failure:
+        raise CheckpointError(f"{checkpoint_root(run_dir)} could not be read ({failure})", "train.resume")
     if not candidates:
-        if set_aside_before := sorted(checkpoint_root(run_dir).glob(BROKEN_PREFIX + "step_*")):
+        if set_aside_before:
             raise CheckpointError(
                 f"every checkpoint in {checkpoint_root(run_dir)} was set aside as broken "
                 f"({', '.join(p.name for p in set_aside_before)}); train.resume=never starts the run over",

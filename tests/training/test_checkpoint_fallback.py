@@ -74,7 +74,20 @@ def flip_a_byte(path):
     path.write_bytes(bytes(data))
 
 
+def unreadable(path):
+    """Replace ``path`` by a file whose every read fails with a real I/O error (EIO): the reading process's
+    own memory at address 0. Its manifest entry says 0 bytes, so that only reading it can tell."""
+    path.unlink()
+    path.symlink_to("/proc/self/mem")
+    manifest = path.parent / MANIFEST
+    if path != manifest and manifest.is_file():
+        record = json.loads(manifest.read_text())
+        record["files"][path.name]["bytes"] = 0
+        manifest.write_text(json.dumps(record))
+
+
 FAULTS = {
+    "unreadable manifest": (MANIFEST, unreadable, "could not be read (Input/output error)"),
     "truncated": ("mp_rank_00_model_states.pt", truncate, "is truncated"),
     "zero-byte": ("ema.safetensors", empty, "is empty"),
     "missing": ("zero_pp_rank_0_mp_rank_00_optim_states.pt", lambda path: path.unlink(), "is missing"),
@@ -139,17 +152,20 @@ def test_a_run_whose_checkpoints_were_all_set_aside_does_not_start_over(tmp_path
         train(load_config(CONFIG, overrides(latents, run_dir, max_steps=6)), DistributedEnv())
 
 
-def test_two_ranks_agree_on_a_fault_only_one_of_them_reads(tmp_path, latents, trained):
-    """Each rank checksums every other file; a flipped byte in rank 1's share must stop rank 0 too."""
+def test_two_ranks_agree_on_faults_only_one_of_them_reads(tmp_path, latents, trained):
+    """Each rank checksums every other file; a flipped byte, and a file whose reads fail with an I/O error,
+    in rank 1's share must stop rank 0 from loading that checkpoint too, and neither rank waits."""
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
     directory = run_dir / "checkpoints" / "step_00000004"
     names = sorted(json.loads((directory / MANIFEST).read_text())["files"])
     flip_a_byte(directory / names[1])
+    unreadable(directory / names[3])
     resumed = run_on_two_ranks([str(CONFIG), *overrides(latents, run_dir, max_steps=6)])
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output
     assert output.count(f"{names[1]} is corrupt") >= 1
+    assert output.count(f"{names[3]} could not be read (Input/output error)") >= 1
     assert "step_00000002 at step 2" in output
     assert (run_dir / "checkpoints" / "broken_step_00000004").is_dir()
 
