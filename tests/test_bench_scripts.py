@@ -162,3 +162,12 @@ def test_the_checkpoint_checksum_bench_times_the_crc_against_the_write(tmp_path)
     result = json.loads(out.read_text())
     for name in ("optimizer_share", "module"):
         assert result[name]["bytes"] > 0 and result[name]["save_s"] > 0 and result[name]["crc32_s"] > 0
+
+
+def test_the_reshard_bench_measures_both_consolidations_on_a_real_two_rank_checkpoint(tmp_path):
+    out = tmp_path / "reshard_memory.json"
+    run_bench("bench/reshard_memory.py", "--small", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["same_tensors"] and result["ranks_written"] == 2
+    streamed, baseline = result["streamed"], result["in_memory_baseline"]
+    assert streamed["peak_anonymous_bytes"] < baseline["peak_anonymous_bytes"]

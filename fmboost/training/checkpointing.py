@@ -14,6 +14,15 @@ Layout under ``RUN/checkpoints/``::
                               this checkpoint on another number of ranks (:mod:`.resharding`)
     broken_step_00000200/     a checkpoint that failed its manifest check, set aside (:mod:`.resume`)
     latest                    the tag of the last COMPLETE checkpoint, replaced atomically
+
+Durability: each rank fsyncs the files it wrote while it describes them; rank 0 then fsyncs the
+checkpoint's folders, writes the manifest and ``COMPLETE`` atomically (each fsynced with its folder),
+moves ``latest``, and only then prunes older checkpoints. A power loss at any point leaves ``latest``
+naming a checkpoint whose every file is on disk.
+
+A run has an identity (``TrainerState.run_id``), made when it starts from nothing and carried by every
+checkpoint after: what is derived from a checkpoint (its consolidated optimizer state) records it, so
+a run folder restarted with ``train.resume=never`` never loads what an earlier run derived.
 """
 
 import errno
@@ -21,6 +30,7 @@ import hashlib
 import json
 import logging
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,13 +38,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fmboost.atomic_files import write_text_atomically
+from fmboost.atomic_files import fsync_directory, write_text_atomically
 from fmboost.distributed import all_ranks_agree
 from fmboost.errors import FMBoostError
-from fmboost.training.checkpoint_files import describe_own_files, write_manifest
+from fmboost.training.checkpoint_files import describe_own_files, sync_folders, write_manifest
 from fmboost.training.resharding import (
-    consolidate,
-    consolidated_path,
+    consolidated_folder,
+    ensure_consolidated,
     load_consolidated,
     optimizer_shard_files,
 )
@@ -60,6 +70,12 @@ class TrainerState:
     world_size: int = 0  # 0: written before it was recorded (the RNG files tell)
     grad_accum: int = 1
     stream_origin: int = 0  # the step the data stream started from (a change of ranks starts a new one)
+    run_id: str = ""  # the run's identity, made at its fresh start ("": written before it was recorded)
+    samples_skipped: int = 0  # training samples skipped as unusable (non-finite latents), all ranks
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
 def tag_for(step: int) -> str:
@@ -145,14 +161,21 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
-    """Declare ``directory`` complete, point ``latest`` at it, and prune older checkpoints."""
-    (directory / COMPLETE).write_text("")
+    """Declare ``directory`` (whose files and manifest are durable) complete, point ``latest`` at it, and
+    only then prune older checkpoints: each step is fsynced with its folder before the next."""
+    write_text_atomically(directory / COMPLETE, "")
     pointer = checkpoint_root(run_dir) / LATEST
     write_text_atomically(pointer, directory.name)
     complete = complete_checkpoints(run_dir)
     for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(consolidated_path(old).parent, ignore_errors=True)
+        remove_checkpoint(old)
+    fsync_directory(checkpoint_root(run_dir))
+
+
+def remove_checkpoint(directory: Path) -> None:
+    """A checkpoint and what was derived from it."""
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(consolidated_folder(directory), ignore_errors=True)
 
 
 class CheckpointWriteError(FMBoostError):
@@ -210,7 +233,9 @@ class Checkpointer:
             torch.distributed.get_world_size(),
         )
         if reshard:
-            self.on_every_rank_or_none(directory, lambda: consolidate(directory) if self.is_main else None)
+            self.on_every_rank_or_none(
+                directory, lambda: ensure_consolidated(directory, state.run_id) if self.is_main else None
+            )
         self.on_every_rank_or_none(directory, lambda: self.load_states(directory, state, reshard))
 
     def on_every_rank_or_none(self, directory: Path, load: Callable[[], object]) -> None:
@@ -234,7 +259,7 @@ class Checkpointer:
             str(directory.parent), tag=directory.name, load_optimizer_states=not reshard
         )
         if reshard:
-            load_consolidated(self.engine, consolidated_path(directory))
+            load_consolidated(self.engine, directory)
             # Without its state dict the optimizer still holds the schedule's first learning rate.
             learning_rates = self.engine.lr_scheduler.get_last_lr()
             for group, lr in zip(self.engine.optimizer.param_groups, learning_rates, strict=True):
@@ -250,6 +275,11 @@ class Checkpointer:
 
         directory = self.directory_for(state.step)
         self.ema.make_whole()
+        if self.is_main and (directory.exists() or consolidated_folder(directory).exists()):
+            # a run folder restarted with train.resume=never: the earlier run's files would mix with ours
+            logger.warning("replacing %s, which an earlier run in this folder wrote", directory)
+            remove_checkpoint(directory)
+        dist.barrier()
         failure = None
         try:
             self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
@@ -268,6 +298,7 @@ class Checkpointer:
         described: list[dict | None] = [None] * dist.get_world_size()
         dist.all_gather_object(described, own_files)
         if self.is_main:
+            sync_folders(directory)
             write_manifest(directory, {name: entry for files in described for name, entry in files.items()})
             mark_complete(self.run_dir, directory, self.keep)
         dist.barrier()

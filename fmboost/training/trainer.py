@@ -36,6 +36,7 @@ from fmboost.training.checkpointing import (
     TrainerState,
     latest_checkpoint,
     load_trainer_state,
+    new_run_id,
     saved_world_size,
 )
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
@@ -227,7 +228,7 @@ def train_in_run_folder(
     )
 
     # ------------------------------------------------------------------ resume
-    state = TrainerState(num_workers=config.data.num_workers)
+    state = TrainerState(num_workers=config.data.num_workers, run_id=new_run_id())
     if resume_from is not None:
         state = saved
         checkpointer.restore(resume_from, state)

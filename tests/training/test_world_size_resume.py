@@ -1,10 +1,13 @@
 """A checkpoint written by W ranks resumes on W′ ranks (real DeepSpeed, torchrun with gloo on CPU).
 
 The two-rank side runs under torchrun; the one-rank side runs in this process, so that the engine can be
-inspected right after it loaded the checkpoint.
+inspected right after it loaded the checkpoint. What several ranks hold right after a load is written by
+``partition_probe.py`` under torchrun.
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from fmboost.training.checkpoint_files import problems
 from fmboost.training.checkpointing import Checkpointer
 from fmboost.training.resharding import consolidated_path, read_shard
 from fmboost.training.trainer import train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.training.helpers import build_latents, run_on_two_ranks, training_overrides
 
 pytestmark = pytest.mark.slow
@@ -34,6 +37,8 @@ VARIANTS = {
         "train.bf16_weights=true",
     ],
 }
+
+PROBED = {"zero1": ("step_00000008", 2), "zero2-bf16-weights": ("step_00000012", 3)}  # checkpoint, ranks
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +83,53 @@ def record_restores(monkeypatch) -> dict:
 
     monkeypatch.setattr(Checkpointer, "restore", restore)
     return seen
+
+
+def load_file_metadata(path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as stored:
+        return stored.metadata()["param_groups"]
+
+
+def probe_partitions(checkpoint, ranks: int, out, settings: list[str]) -> list[dict[str, torch.Tensor]]:
+    """What each of ``ranks`` ranks holds right after loading ``checkpoint`` (partition_probe.py)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)]
+    command += [f"--master_port={free_port()}", str(REPO_ROOT / "tests/training/partition_probe.py")]
+    probed = subprocess.run(
+        [*command, str(CONFIG), str(checkpoint), str(out), *settings],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probed.returncode == 0, probed.stdout + probed.stderr
+    return [load_file(str(out / f"rank{rank}.safetensors")) for rank in range(ranks)]
+
+
+def saved_state_end_to_end(checkpoint) -> tuple[dict[str, torch.Tensor], float]:
+    """The checkpoint's partitions end to end without their padding (the whole flat state in parameter
+    order) and its Adam step."""
+    shards = [read_shard(path) for path in sorted(checkpoint.glob("*zero_pp_rank_*_optim_states.pt"))]
+    used = sum(address.numel for shard in shards for address in shard["param_slice_mappings"][0].values())
+    whole = {"fp32": torch.cat([shard["single_partition_of_fp32_groups"][0] for shard in shards])[:used]}
+    for key in ("exp_avg", "exp_avg_sq"):
+        whole[key] = torch.cat([shard["base_optimizer_state"]["state"][0][key] for shard in shards])[:used]
+    return whole, float(shards[0]["base_optimizer_state"]["state"][0]["step"])
+
+
+def assert_partitions_cut_from(checkpoint, partitions: list[dict[str, torch.Tensor]]) -> None:
+    """Rank r of W holds slice r of the checkpoint's state end to end, padded with zeros to W equal parts,
+    bit for bit: the order and the cut DeepSpeed uses at W ranks."""
+    whole, step = saved_state_end_to_end(checkpoint)
+    size = len(partitions[0]["fp32"])
+    for key, tensor in whole.items():
+        padded = torch.cat([tensor, tensor.new_zeros(size * len(partitions) - len(tensor))])
+        for rank, held in enumerate(partitions):
+            expected = padded[rank * size : (rank + 1) * size]
+            torch.testing.assert_close(held[key], expected, rtol=0, atol=0, msg=f"{key} of rank {rank}")
+    assert all(float(held["step"]) == step for held in partitions)
+    assert float(whole["exp_avg_sq"].abs().sum()) > 0
 
 
 def assert_continues(run_dir, losses: dict[int, float], changed_after: int) -> None:
@@ -144,3 +196,16 @@ def test_a_run_moves_from_two_ranks_to_one_and_back(tmp_path, latents, monkeypat
         for key in ("fp32", "exp_avg", "exp_avg_sq"):
             whole = torch.cat([consolidated[f"{name}/{key}"] for name in names])
             torch.testing.assert_close(whole, flats[key][: len(whole)], rtol=0, atol=0, msg=key)
+
+    if variant in PROBED:
+        # What every rank holds right after a load on a new number of ranks (1 → 2 with DeepSpeed's ZeRO
+        # optimizer, 2 → 3 with its bf16 weights), with Adam settings in the config that differ from the
+        # checkpoint's: the checkpoint's are restored, as at the same number of ranks.
+        checkpoint, ranks = PROBED[variant]
+        other_settings = [*overrides(latents, run_dir, variant, max_steps=12), "train.weight_decay=0.5"]
+        partitions = probe_partitions(
+            run_dir / "checkpoints" / checkpoint, ranks, tmp_path / "probe", other_settings
+        )
+        assert_partitions_cut_from(run_dir / "checkpoints" / checkpoint, partitions)
+        restored = json.loads(load_file_metadata(tmp_path / "probe" / "rank1.safetensors"))
+        assert restored[0]["weight_decay"] == 0.0 and restored[0]["betas"] == [0.9, 0.999]
