@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from fmboost.atomic_files import atomic_path, exclusive_lock, write_json_atomically
 from fmboost.config import PRECISIONS, FirstStageConfig, MemoryBound, merge_layers, read_layers
+from fmboost.devices import resolve_device, resolve_precision
 from fmboost.distributed import task_share
 from fmboost.errors import ConfigError, FMBoostError
 from fmboost.randomness import keyed_seed
@@ -66,7 +67,10 @@ class BoostFolderConfig:
     num_tasks: int | None = None
 
     def settings(self) -> dict[str, Any]:
-        """What decides the results: a rerun into the same output must use the same."""
+        """What decides the results: a rerun into the same output must use the same. The device counts by
+        its kind and the precision as it resolves there (``auto`` is bf16 on a GPU, fp32 on the CPU), so
+        tasks on different GPUs of one kind agree, and a CPU rerun of a GPU folder does not."""
+        device = resolve_device(self.device)
         return {
             "stages": [str(Path(stage).expanduser().resolve()) for stage in self.stages],
             "nfe": list(self.nfe),
@@ -76,6 +80,9 @@ class BoostFolderConfig:
             "first_stage_path": self.first_stage_path,
             "flow_tile_size": self.flow_tile_size,
             "flow_tile_overlap": self.flow_tile_overlap,
+            "device": device.type,
+            "dtype": resolve_precision(self.dtype, device),
+            "compile": self.compile,
         }
 
 

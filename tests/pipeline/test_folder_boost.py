@@ -101,6 +101,8 @@ def test_a_rerun_skips_finished_images_and_refuses_other_settings(tmp_path, stag
     capsys.readouterr()
     assert boost(stage, folder, out, "--nfe", "4") == 2
     assert "already holds results made with other settings (another nfe;" in capsys.readouterr().err
+    assert boost(stage, folder, out, "--dtype", "bf16") == 2, "fp32 here: one folder, one precision"
+    assert "already holds results made with other settings (another dtype;" in capsys.readouterr().err
     assert boost(stage, folder, folder / "boosted") == 2
     assert "is inside the input folder" in capsys.readouterr().err
 
