@@ -79,10 +79,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(mse))
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1, stopped (with its workers) after the test."""
-    port = free_port()
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:``port`` with its store and artifacts in ``folder`` (started
+    again on the same folder and port, it serves the same runs), once it answers. A new store starts as
+    the cached empty one, as the run folders' stores do, instead of running every migration."""
+    from fmboost.tracking_store import seed_new_store
+
+    seed_new_store(f"sqlite:///{folder / 'server.db'}")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -94,9 +97,9 @@ def mlflow_server(tmp_path):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{folder / 'server.db'}",
             "--default-artifact-root",
-            str(tmp_path / "server-artifacts"),
+            str(folder / "server-artifacts"),
             "--workers",
             "1",
         ],
@@ -106,18 +109,23 @@ def mlflow_server(tmp_path):
     )
     from mlflow.tracking import MlflowClient
 
-    uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            MlflowClient(uri).search_experiments()
-            break
+            MlflowClient(f"http://127.0.0.1:{port}").search_experiments()
+            return process
         except Exception:
             time.sleep(0.5)
-    else:
-        stop_server(process)
-        pytest.fail("mlflow server did not start")
-    yield uri, process
+    stop_server(process)
+    pytest.fail("mlflow server did not start")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1, stopped (with its workers) after the test."""
+    port = free_port()
+    process = start_mlflow_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}", process
     stop_server(process)
 
 
