@@ -145,6 +145,16 @@ def decode_sample(raw: dict[str, Any], images: bool = True) -> dict[str, Any]:
     return sample
 
 
+def unusable_reason(sample: dict[str, Any]) -> str | None:
+    """Why a decoded sample cannot be trained on (latents with NaN or infinite values), or ``None``.
+
+    The encoder refuses such latents; a shard written by another tool, or damaged in a way its size and
+    tar structure do not show, can still hold them, and one of them turns the loss into NaN."""
+    arrays = (schema.LATENT, schema.LATENT_LOWRES, schema.LATENT_PSU, schema.LATENT_START)
+    bad = [name for name in arrays if name in sample and not np.isfinite(sample[name]).all()]
+    return f"non-finite values in {', '.join(bad)}" if bad else None
+
+
 class SampleTransform:
     """Scales latents with the manifest's values, picks the context and optionally crops.
 

@@ -9,20 +9,39 @@ being read, and at most one shard is replayed. A job on another number of ranks 
 at its first step (``origin``): its segments are keyed by that step as well, so it draws fresh segments
 instead of replaying the start of the run.
 
+**Unusable samples** (latents with NaN or infinite values) are skipped where they are read: the batch
+is filled with the next samples, so nothing else is lost, and the batch names what it skipped
+(``batch["skipped"]``: shard, key, why) for the trainer to warn, count and record. Positions count usable
+samples only; a resumed stream is told the unusable samples found so far (``unusable``, by shard), which
+is every one in the part of the stream it skips, so the resume stays exact.
+
 **Validation** (:class:`ValidationStream`): finite and deterministic; shards are split over ranks,
 then over workers, and read in order.
 """
 
+import logging
 import random
 import tarfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fmboost.data.dataset import LatentDataset, SampleTransform, collate, decode_sample
+from fmboost.data.dataset import LatentDataset, SampleTransform, collate, decode_sample, unusable_reason
 from fmboost.errors import FMBoostError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnusableSample:
+    """A sample that was read and skipped: its shard (file name), key and why."""
+
+    shard: str
+    key: str
+    reason: str
 
 
 def worker_identity() -> tuple[int, int]:
@@ -99,6 +118,7 @@ class TrainStream(IterableDataset):
         start_batch: batches this rank's DataLoader already returned since ``origin`` (for exact
             resume; the number of ranks and DataLoader workers must be the same as before).
         origin: the step this stream started at (0: the run's start).
+        unusable: keys of the unusable samples found so far, by shard file name.
     """
 
     def __init__(
@@ -112,29 +132,48 @@ class TrainStream(IterableDataset):
         shuffle_buffer: int = 1000,
         start_batch: int = 0,
         origin: int = 0,
+        unusable: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.dataset, self.transform, self.batch_size = dataset, transform, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
         self.key = str(seed) if origin == 0 else f"{seed}@{origin}"
+        self.unusable = {shard: set(keys) for shard, keys in (unusable or {}).items()}
+        self.usable = [
+            count - len(self.unusable.get(path.name, ()))
+            for path, count in zip(dataset.shards, dataset.counts, strict=True)
+        ]
+        if sum(self.usable) == 0:
+            raise self.nothing_usable()
+
+    def nothing_usable(self) -> FMBoostError:
+        return FMBoostError(f"no sample of {self.dataset.root} is usable: all have non-finite latents")
 
     def segment_shard(self, stream: int, segment: int) -> int:
         return random.Random(f"{self.key}:shard:{self.rank}:{stream}:{segment}").randrange(
             len(self.dataset.shards)
         )
 
-    def segment_samples(self, stream: int, segment: int, skip: int) -> Iterator[dict[str, Any]]:
+    def segment_samples(
+        self, stream: int, segment: int, skip: int
+    ) -> Iterator[dict[str, Any] | UnusableSample]:
+        """The segment's samples after the first ``skip`` usable ones, and the unusable ones as such."""
         shard = self.segment_shard(stream, segment)
         rng = random.Random(f"{self.key}:shuffle:{self.rank}:{stream}:{segment}")
-        url = str(self.dataset.shards[shard])
-        samples = counted(raw_samples(url), url, self.dataset.counts[shard])
-        order = shuffled(samples, self.shuffle_buffer, rng)
-        for index, raw in enumerate(order):
-            if index < skip:
+        path = self.dataset.shards[shard]
+        known_unusable = self.unusable.get(path.name, set())
+        samples = counted(raw_samples(str(path)), str(path), self.dataset.counts[shard])
+        for index, raw in enumerate(shuffled(samples, self.shuffle_buffer, rng)):
+            if skip > 0:
+                skip -= raw["__key__"] not in known_unusable
+                continue
+            sample = decode_sample(raw, images=False)
+            if (reason := unusable_reason(sample)) is not None:
+                yield UnusableSample(path.name, raw["__key__"], reason)
                 continue
             crop_rng = random.Random(f"{self.key}:crop:{self.rank}:{stream}:{segment}:{index}")
-            yield self.transform(decode_sample(raw, images=False), crop_rng)
+            yield self.transform(sample, crop_rng)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = worker_identity()
@@ -143,16 +182,22 @@ class TrainStream(IterableDataset):
         stream = (worker + self.start_batch) % workers
         skip = batches_served(self.start_batch, stream, workers) * self.batch_size
         segment = 0
-        while skip >= (length := self.dataset.counts[self.segment_shard(stream, segment)]):
+        while skip >= (length := self.usable[self.segment_shard(stream, segment)]):
             skip -= length
             segment += 1
         pending: list[dict[str, Any]] = []
+        skipped: list[UnusableSample] = []
         while True:
-            for sample in self.segment_samples(stream, segment, skip):
-                pending.append(sample)
+            for item in self.segment_samples(stream, segment, skip):
+                if isinstance(item, UnusableSample):
+                    skipped.append(item)
+                    if len(skipped) > sum(self.dataset.counts):  # a whole dataset's worth in a row
+                        raise self.nothing_usable()
+                    continue
+                pending.append(item)
                 if len(pending) == self.batch_size:
-                    yield collate(pending)
-                    pending = []
+                    yield collate(pending) | {"skipped": [asdict(unusable) for unusable in skipped]}
+                    pending, skipped = [], []
             segment, skip = segment + 1, 0
 
 
@@ -177,7 +222,11 @@ class ValidationStream(IterableDataset):
         pending: list[dict[str, Any]] = []
         for shard in mine:
             for raw in raw_samples(str(shard)):
-                pending.append(self.transform(decode_sample(raw), random.Random(raw["__key__"])))
+                sample = decode_sample(raw)
+                if (reason := unusable_reason(sample)) is not None:
+                    logger.warning("validation skips sample %s of %s: %s", raw["__key__"], shard, reason)
+                    continue
+                pending.append(self.transform(sample, random.Random(raw["__key__"])))
                 if len(pending) == self.batch_size:
                     yield collate(pending)
                     pending = []

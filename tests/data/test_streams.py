@@ -16,7 +16,7 @@ from fmboost.data.dataset import SampleTransform, decode_sample
 from fmboost.data.shards import Manifest
 from fmboost.data.streams import unwrap_worker_errors
 from fmboost.errors import FMBoostError
-from tests.data_pipeline.builders import good_shards, tiny_encode_config
+from tests.data_pipeline.builders import good_shards, tiny_encode_config, with_a_non_finite_latent
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,9 @@ def keys_of(loader, batches):
     return [tuple(batch["keys"]) for batch in itertools.islice(loader, batches)]
 
 
-def train_stream(dataset, rank=0, world_size=2, start_batch=0, batch_size=4, crop_size=None, origin=0):
+def train_stream(
+    dataset, rank=0, world_size=2, start_batch=0, batch_size=4, crop_size=None, origin=0, unusable=None
+):
     transform = SampleTransform(dataset.manifest, "psu_roundtrip", crop_size)
     return TrainStream(
         dataset,
@@ -42,6 +44,7 @@ def train_stream(dataset, rank=0, world_size=2, start_batch=0, batch_size=4, cro
         shuffle_buffer=5,
         start_batch=start_batch,
         origin=origin,
+        unusable=unusable,
     )
 
 
@@ -254,3 +257,24 @@ def test_a_corrupt_npy_member_names_the_shard_the_sample_and_the_member(tmp_path
 def test_a_missing_dataset_path_says_it_does_not_exist(tmp_path):
     with pytest.raises(FMBoostError, match="missing does not exist"):
         resolve_dataset(str(tmp_path / "missing"))
+
+
+def test_a_sample_with_non_finite_latents_is_skipped_named_and_a_resume_told_of_it_stays_exact(
+    tmp_path, latent_dataset
+):
+    bad = "000010002"  # in shard 1
+    dataset = resolve_dataset(str(with_a_non_finite_latent(latent_dataset.root, tmp_path / "nan", bad)))
+    batches = list(itertools.islice(make_loader(train_stream(dataset, world_size=1), num_workers=2), 20))
+    assert all(len(batch["keys"]) == 4 for batch in batches), "the batch is filled with the next samples"
+    assert not any(bad in batch["keys"] for batch in batches)
+    first_skip = next(index for index, batch in enumerate(batches) if batch["skipped"])
+    assert batches[first_skip]["skipped"] == [
+        {"shard": "000001.tar", "key": bad, "reason": "non-finite values in latent.npy"}
+    ]
+    uninterrupted = [tuple(batch["keys"]) for batch in batches]
+    after = first_skip + 2  # the next batch of the worker stream that skipped it
+    for start in (first_skip, first_skip + 1, after):
+        told = train_stream(dataset, world_size=1, start_batch=start, unusable={"000001.tar": [bad]})
+        assert keys_of(make_loader(told, num_workers=2), 20 - start) == uninterrupted[start:]
+    untold = train_stream(dataset, world_size=1, start_batch=after)
+    assert keys_of(make_loader(untold, num_workers=2), 2) != uninterrupted[after : after + 2]

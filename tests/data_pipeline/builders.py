@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -66,3 +67,26 @@ def tiny_encode_config(input_spec: str, output: Path, **overrides) -> EncodeConf
     )
     settings.update(overrides)
     return EncodeConfig(**settings)
+
+
+def with_a_non_finite_latent(source: Path, target: Path, key: str) -> Path:
+    """A copy of the latent dataset ``source`` in which sample ``key``'s high-res latent holds a NaN (its
+    shard keeps its size in samples, its stats and its manifest: only reading the sample tells)."""
+    from fmboost.data import shards as schema
+
+    shutil.copytree(source, target)
+    for shard in sorted((target / schema.SHARDS_DIR).glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            members = [(member, archive.extractfile(member).read()) for member in archive.getmembers()]
+        if not any(member.name == f"{key}.{schema.LATENT}" for member, _ in members):
+            continue
+        with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as archive:
+            for member, data in members:
+                if member.name == f"{key}.{schema.LATENT}":
+                    array = schema.decode_array(data).copy()
+                    array[0, 0, 0] = np.nan
+                    data = schema.encode_array(array)
+                    member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+        return target
+    raise LookupError(f"no sample {key} in {source}")
