@@ -24,9 +24,9 @@ from webdataset import TarWriter
 
 from data_pipeline.config import EncodeConfig, load_encode_config
 from data_pipeline.job_cli import add_config_arguments, run_from_command_line
-from data_pipeline.latent_encoder import LatentEncoder
+from data_pipeline.latent_encoder import LatentEncoder, unstorable
 from data_pipeline.manifest import describe_dataset, read_stats, refuse_mixed_settings, update_manifest
-from data_pipeline.preprocess import Prepared, PreprocessSettings, Reason, Rejected
+from data_pipeline.preprocess import Prepared, PreprocessSettings, Rejected
 from data_pipeline.shard_samples import ShardSamples, as_list, break_rejection
 from data_pipeline.sources import InputShard, TarBreak, fingerprint, list_input_shards
 from fmboost.atomic_files import atomic_path, write_json_atomically
@@ -56,11 +56,6 @@ def sample_record(item: Prepared, arrays: dict, config: EncodeConfig) -> dict[st
         )
         record[schema.IMAGE] = buffer.getvalue()
     return record
-
-
-def finite(arrays: dict, index: int) -> bool:
-    """Latents must survive the float16 storage cast (SD latents do; a broken VAE's may not)."""
-    return all(bool(abs(array[index]).max() < 65504.0) for array in arrays.values())
 
 
 def encode_shard(
@@ -109,10 +104,11 @@ def encode_shard(
                     torch.stack([item.low_pixels for item in prepared]) if degraded else None,
                 )
                 for index, item in enumerate(prepared):
-                    if not finite(arrays, index):
-                        stats.reject(item.key, Reason.NON_FINITE_LATENT, "latent overflows float16")
+                    latents = {name: array[index] for name, array in arrays.items()}
+                    if (refused := unstorable(latents)) is not None:
+                        stats.reject(item.key, *refused)
                         continue
-                    writer.write(sample_record(item, {k: v[index] for k, v in arrays.items()}, config))
+                    writer.write(sample_record(item, latents, config))
                     stats.seen += 1
                     stats.written += 1
                     stats.upscaled += int(item.upscaled)

@@ -5,10 +5,28 @@ import contextlib
 import numpy as np
 import torch
 
+from data_pipeline.preprocess import Reason
 from fmboost.devices import autocast_to, precision_dtype
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images
 from fmboost.upsampling import upsample_latents
+
+FLOAT16_MAX = 65504.0
+
+
+def unstorable(arrays: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """Why one sample's latents cannot be stored, as (rejection reason, detail naming the array), or None:
+    NaN or infinite values (a broken first stage or teacher), or values float16 storage would turn into
+    infinities. Either one, read in training, turns the loss into NaN."""
+    for name, array in arrays.items():
+        finite = np.isfinite(array)
+        if not finite.all():
+            nan = int(np.isnan(array).sum())
+            detail = f"{name} has {nan} NaN and {array.size - int(finite.sum()) - nan} infinite values"
+            return Reason.NON_FINITE_LATENT, detail
+        if (peak := float(np.abs(array).max())) >= FLOAT16_MAX:
+            return Reason.LATENT_OVERFLOW, f"{name} reaches {peak:.4g}, beyond float16's {FLOAT16_MAX:g}"
+    return None
 
 
 class LatentEncoder:

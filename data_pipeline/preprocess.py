@@ -35,7 +35,8 @@ class Reason:
     TOO_SMALL = "too_small"
     EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"
     TRUNCATED_TAR = "truncated_tar"
-    NON_FINITE_LATENT = "non_finite_latent"
+    NON_FINITE_LATENT = "non_finite_latent"  # the first stage (or teacher) gave NaN or infinite values
+    LATENT_OVERFLOW = "latent_overflow"  # finite, but beyond what float16 storage holds
 
 
 @dataclass

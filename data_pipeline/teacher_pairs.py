@@ -29,6 +29,7 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from data_pipeline.job_cli import add_config_arguments, run_from_command_line
+from data_pipeline.latent_encoder import unstorable
 from data_pipeline.manifest import refuse_mixed_settings, update_manifest
 from data_pipeline.pairs_config import PairsConfig, load_pairs_config
 from fmboost.atomic_files import atomic_path, write_json_atomically
@@ -131,8 +132,8 @@ def pair_shard(
         x0 = teacher.start_points(z_up, seeds)
         results = teacher.integrate(x0, z_up, config.solver, config.nfe) / scale + shift  # stored unscaled
         for raw, start, result, seed in zip(pending, x0.numpy(), results.numpy(), seeds, strict=True):
-            if not np.isfinite(result).all() or np.abs(result).max() >= 65504.0:
-                stats.reject(raw["__key__"], "non_finite_latent", "the teacher's result overflows float16")
+            if (refused := unstorable({"the teacher's result": result})) is not None:
+                stats.reject(raw["__key__"], *refused)
                 continue
             writer.write(pair_record(raw, start, result, seed))
             stats.seen += 1

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -314,3 +315,48 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"error: output: {tmp_path / 'out'} (or a folder above it) is a file, not a folder"
     )
+
+
+def broken_vae(directory: Path, fault: str) -> FirstStageConfig:
+    """A tiny diffusers VAE whose encoder gives NaN latents (a NaN weight) or finite ones beyond float16
+    (an output layer scaled by 10^6), saved where the user's code path loads it from."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[16],
+        down_block_types=["DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    with torch.no_grad():
+        if fault == "nan":
+            vae.encoder.conv_out.weight[0, 0, 0, 0] = float("nan")
+        else:
+            vae.encoder.conv_out.weight.mul_(1e6)
+    vae.save_pretrained(directory)
+    return FirstStageConfig(name="diffusers", path=str(directory), tile_size=None)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "detail"),
+    [
+        ("nan", Reason.NON_FINITE_LATENT, r"000000000: latent has \d+ NaN and 0 infinite values"),
+        ("overflow", Reason.LATENT_OVERFLOW, r"000000000: latent reaches [\d.e+]+, beyond float16's 65504"),
+    ],
+)
+def test_latents_a_broken_first_stage_makes_unstorable_are_refused_with_their_reason(
+    tmp_path, fault, reason, detail
+):
+    first_stage = broken_vae(tmp_path / "vae", fault)
+    config = tiny_encode_config(good_shards(tmp_path / "in", shards=1, per_shard=3), tmp_path / "out")
+    config.first_stage, config.high_res, config.low_res = first_stage, 16, 8
+    run(config)
+    stats = json.loads((tmp_path / "out/shards/000000.stats.json").read_text())
+    assert (stats["seen"], stats["written"], stats["rejected"]) == (3, 0, {reason: 3})
+    assert re.fullmatch(detail, stats["first_rejection"][reason])
+    with tarfile.open(tmp_path / "out/shards/000000.tar") as shard:
+        assert shard.getnames() == []
