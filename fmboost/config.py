@@ -154,6 +154,9 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3  # 0 keeps all; 1 is refused: the one being written may be the broken one
     resume: str = "auto"
+    # Optimizer steps whose batches every rank draws and discards instead of training on them (the steps
+    # a non-finite loss error names, when the data explains it); the step then trains on the next ones.
+    skip_steps: list[int] = field(default_factory=list)
     keep_global_batch: bool = True  # on another number of ranks, rescale grad_accum where it divides
     init_from: str | None = None  # an exported stage or run whose weights (and EMA) start a fresh run
     channels_last: bool = False  # NHWC U-Net activations (faster convolutions on tensor cores)

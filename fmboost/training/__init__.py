@@ -41,6 +41,7 @@ def validate_training(config: FMBoostConfig) -> None:
         "1 leaves nothing to fall back on if the newest checkpoint turns out broken; keep 2 or more (0: all)",
     )
     require(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must not be negative (0 keeps all)")
+    require(all(step > 0 for step in train.skip_steps), "train.skip_steps", "steps count from 1")
     require(train.stall_timeout_seconds >= 0, "train.stall_timeout_seconds", "must not be negative (0: off)")
     for key in ("stall_timeout_validation_seconds", "stall_timeout_checkpoint_seconds"):
         require(getattr(train, key) > 0, f"train.{key}", "must be positive")

@@ -32,7 +32,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,6 +72,7 @@ class TrainerState:
     stream_origin: int = 0  # the step the data stream started from (a change of ranks starts a new one)
     run_id: str = ""  # the run's identity, made at its fresh start ("": written before it was recorded)
     samples_skipped: int = 0  # training samples skipped as unusable (non-finite latents), all ranks
+    unusable_samples: dict[str, list[str]] = field(default_factory=dict)  # their keys by shard file name
 
 
 def new_run_id() -> str:

@@ -3,8 +3,9 @@
 The loop never reads a device value per step (EDM's ``training_stats`` and DiT's logging do the same):
 :class:`LossWindow` sums the loss on the device and is read at log, checkpoint and final steps, and at
 the stop checks of :class:`StopCheck` (timed from the measured step time, so that slow steps still
-honour a pre-emption signal in time), in one all-reduce that also carries the pre-emption flag. A
-non-finite loss makes that sum non-finite, so it is still caught before any checkpoint is written.
+honour a pre-emption signal in time), in one all-reduce that also carries the pre-emption flag and the
+counts of samples the data stream skipped. A non-finite loss makes that sum non-finite, so it is still
+caught before any checkpoint is written.
 
 ``train.channels_last`` feeds the U-Net NHWC batches: cuDNN then runs its convolutions, and so the
 activations, in NHWC. The weights stay contiguous: DeepSpeed broadcasts and flattens them as plain
@@ -22,6 +23,7 @@ MLflow, diffusers and the model's modules, none of which ever becomes garbage.
 import gc
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -44,8 +46,21 @@ def freeze_setup_objects() -> None:
     gc.freeze()
 
 
+@dataclass(frozen=True)
+class WindowSums:
+    """What every rank learns at a sync point, summed over the ranks."""
+
+    loss_sum: float  # over the window's micro-steps and the ranks
+    stop: bool  # whether any rank was asked to stop
+    seconds_per_step: float  # the ranks' mean
+    samples_skipped: int  # unusable samples the streams skipped in the window
+    new_unusable: int  # of which no rank had seen before in this job
+
+
 class LossWindow:
-    """The training loss summed on the device since the last read; reading it is the only host sync."""
+    """The training loss summed on the device since the last read; reading it is the only host sync.
+
+    It also counts, on the host, the unusable samples the stream skipped in the window."""
 
     def __init__(self, device: torch.device, first_step: int) -> None:
         self.device = device
@@ -54,19 +69,27 @@ class LossWindow:
     def reset(self, first_step: int) -> None:
         self.total = torch.zeros((), device=self.device)
         self.micro_steps, self.first_step = 0, first_step
+        self.samples_skipped, self.new_unusable = 0, 0
 
     def add(self, loss: torch.Tensor) -> None:
         self.total += loss.detach().float()
         self.micro_steps += 1
 
-    def reduce(self, stop_requested: bool, seconds_per_step: float = 0.0) -> tuple[float, bool, float]:
-        """(loss summed over micro-steps and ranks, whether any rank was asked to stop, the ranks' mean
-        seconds per step): one all-reduce, so every rank gets the same three values."""
-        flags = torch.tensor([float(stop_requested), seconds_per_step], device=self.device)
-        packed = torch.cat([self.total.view(1), flags])
+    def reduce(self, stop_requested: bool, seconds_per_step: float = 0.0) -> WindowSums:
+        """One all-reduce, so every rank gets the same sums."""
+        flags = [
+            float(stop_requested),
+            seconds_per_step,
+            float(self.samples_skipped),
+            float(self.new_unusable),
+        ]
+        packed = torch.cat([self.total.view(1), torch.tensor(flags, device=self.device)])
         torch.distributed.all_reduce(packed)
-        loss_sum, stops, seconds = packed.tolist()
-        return loss_sum, stops > 0, seconds / torch.distributed.get_world_size()
+        loss_sum, stops, seconds, skipped, new = packed.tolist()
+        self.samples_skipped, self.new_unusable = 0, 0
+        return WindowSums(
+            loss_sum, stops > 0, seconds / torch.distributed.get_world_size(), round(skipped), round(new)
+        )
 
 
 class StopCheck:

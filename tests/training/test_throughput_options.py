@@ -88,9 +88,10 @@ def test_the_loss_window_sums_on_the_device_and_reads_once(monkeypatch):
         window.add(torch.tensor(value))
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: tensor)  # a world of one rank
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 1)
-    loss_sum, stop, seconds = window.reduce(stop_requested=True, seconds_per_step=0.25)
-    assert loss_sum != loss_sum and stop and window.micro_steps == 3  # NaN survives the sum
-    assert seconds == 0.25
+    window.samples_skipped, window.new_unusable = 2, 1
+    sums = window.reduce(stop_requested=True, seconds_per_step=0.25)
+    assert sums.loss_sum != sums.loss_sum and sums.stop and window.micro_steps == 3  # NaN survives the sum
+    assert (sums.seconds_per_step, sums.samples_skipped, sums.new_unusable) == (0.25, 2, 1)
 
 
 def test_the_stop_check_comes_after_the_first_step_then_every_check_seconds_of_steps():

@@ -211,9 +211,11 @@ def test_kill_minus_nine_then_resume_matches_the_uninterrupted_loss_trajectory(t
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_a_loss_that_turns_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(
+def test_a_loss_that_turns_non_finite_every_time_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path, latents, monkeypatch
 ):
+    """Re-run from the last checkpoint, the loss is non-finite again at the same step: one error naming
+    that step, its samples and how to skip them."""
     run_dir = tmp_path / "run"
     config = load_config(
         REPO_ROOT / "configs/demo/tiny_cpu.yaml",
@@ -227,7 +229,10 @@ def test_a_loss_that_turns_non_finite_stops_the_run_and_keeps_the_last_good_chec
     monkeypatch.setattr(CouplingFlowMatching, "loss", diverged)
     config.train.max_steps = 6
     with pytest.raises(
-        NonFiniteLossError, match=r"the loss became nan at step 3.*last good checkpoint is .*step_00000003"
+        NonFiniteLossError,
+        match=r"the loss became nan at step 4 again when the job re-ran from .*step_00000003 with a check "
+        r"after every step: the data explains it. The samples of that step's batches "
+        r"\(rank 0: \w+, \w+, \w+, \w+\); skip them by resuming with train.skip_steps=\[4\]",
     ):
         train(config, DistributedEnv())
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000003"
