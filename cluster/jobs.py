@@ -5,8 +5,10 @@ same code a user runs by hand (:func:`fmboost.training.trainer.train`,
 :func:`data_pipeline.encode_shards.run`, :func:`data_pipeline.teacher_pairs.run`). On the
 pre-emption/time-limit signal every training rank saves a checkpoint, then rank 0 hands over to
 submitit, which requeues the job; the requeued job resumes from that checkpoint by itself
-(``train.resume=auto``). A stalled job (:mod:`fmboost.training.watchdog`) requeues itself the same way,
-unless it stalled ``max_stall_requeues`` times without writing a new checkpoint in between.
+(``train.resume=auto``). A job in which a rank stalled or died (:mod:`fmboost.training.faults`) requeues
+itself the same way, unless it stalled ``max_stall_requeues`` times, or lost a rank
+``max_failure_requeues`` times, without writing a new checkpoint in between. A rank's error that the
+user must fix is never requeued. ``RUN/requeues.json`` records every requeue.
 """
 
 import functools
@@ -18,6 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,12 @@ from fmboost.atomic_files import write_json_atomically
 from fmboost.cli import freeze_heap_for_exit
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
-from fmboost.training.watchdog import StallReport, exit_after_stall
+from fmboost.training.faults import FaultMonitor, Verdict
+from fmboost.training.watchdog import exit_after_fault
 
-STALL_RECORD = "stall_requeues.json"
-REQUEUE_GRACE_SECONDS = 30  # other ranks wait this long, so that the job is requeued before srun ends it
+REQUEUE_RECORD = "requeues.json"
+REQUEUE_SECONDS = 60  # scontrol's own bound; the other ranks wait for its outcome a little longer
+WHAT_FAILED = {"stall": "stalled", "crash": "lost a rank"}
 
 logger = logging.getLogger(__name__)
 ERROR_SUFFIX = "_fmboost_error.json"
@@ -111,64 +116,105 @@ def distributed_env_from_submitit() -> DistributedEnv:
     )
 
 
-def stall_requeues(run_dir: Path, last_checkpoint: str | None) -> int:
-    """How often the job requeued itself after a stall since ``last_checkpoint`` was written (a new
-    checkpoint starts the count again), as recorded in the run folder for the requeued jobs to see."""
-    path = Path(run_dir) / STALL_RECORD
+def read_requeues(run_dir: Path) -> dict[str, Any]:
+    """``RUN/requeues.json``: the requeues since ``checkpoint`` by kind, and every requeue asked for."""
     try:
-        record = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        record = {}  # unreadable: counted afresh
-    return record.get("requeues", 0) if record.get("checkpoint") == last_checkpoint else 0
+        record = json.loads((Path(run_dir) / REQUEUE_RECORD).read_text())
+        record["counts"].items()
+        return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none yet, or unreadable: afresh
+        return {"checkpoint": None, "counts": {}, "history": []}
 
 
-def record_stall_requeue(run_dir: Path, last_checkpoint: str | None, requeues: int) -> None:
-    write_json_atomically(Path(run_dir) / STALL_RECORD, {"checkpoint": last_checkpoint, "requeues": requeues})
+def requeues_since(run_dir: Path, last_checkpoint: str | None, kind: str) -> int:
+    """How often the job requeued itself for ``kind`` (``stall`` or ``crash``) since ``last_checkpoint``
+    was written (a new checkpoint starts the count again)."""
+    record = read_requeues(run_dir)
+    return record["counts"].get(kind, 0) if record["checkpoint"] == last_checkpoint else 0
 
 
-def requeue_after_stall(
-    run_dir: Path, env: DistributedEnv, job_id: str, max_stall_requeues: int
-) -> Callable[[StallReport], None]:
-    """What a stalled Slurm job does: the lowest live rank requeues it (``scontrol requeue``) to resume
-    from its last checkpoint, unless it stalled ``max_stall_requeues`` times without a new checkpoint;
-    every live rank then exits with the stall code."""
+def record_requeue(run_dir: Path, last_checkpoint: str | None, kind: str, count: int, event: dict) -> None:
+    """Count a requeue of ``kind`` (before it is asked for, so that a job killed meanwhile still counts
+    it) and add ``event`` to the history."""
+    record = read_requeues(run_dir)
+    if record["checkpoint"] != last_checkpoint:
+        record["checkpoint"], record["counts"] = last_checkpoint, {}
+    record["counts"][kind] = count
+    record["history"].append({"time": time.time(), **event})
+    write_json_atomically(Path(run_dir) / REQUEUE_RECORD, record)
 
-    def on_stall(report: StallReport) -> None:
-        message = f"{report.describe()}; ending job {job_id}"
-        if env.rank != min(rank for rank in range(env.world_size) if rank != report.rank):
-            exit_after_stall(message, delay_seconds=REQUEUE_GRACE_SECONDS)
-        from fmboost.training.checkpointing import latest_checkpoint
 
-        try:
-            last = latest_checkpoint(run_dir)
-        except FMBoostError:
-            last = None
-        checkpoint = last.name if last else None
-        requeues = stall_requeues(run_dir, checkpoint)
-        since = f"since checkpoint {checkpoint}" if last else "before any checkpoint"
-        if requeues >= max_stall_requeues:
-            exit_after_stall(
-                f"{message}; not requeued: it stalled {requeues + 1} times {since} without writing a new "
-                f"one (--max-stall-requeues {max_stall_requeues}). Find the cause, then resubmit to resume"
-            )
-        requeued = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
-        if requeued.returncode != 0:
-            exit_after_stall(
-                f"{message}; scontrol requeue failed ({requeued.stderr.strip()}); resubmit to resume"
-            )
-        record_stall_requeue(run_dir, checkpoint, requeues + 1)
-        count = f"stall requeue {requeues + 1} {since}, {max_stall_requeues} allowed"
-        exit_after_stall(f"{message}; requeued to resume from {last or 'the start'} ({count})")
+def requeue_after_fault(
+    run_dir: Path, env: DistributedEnv, job_id: str, budgets: dict[str, int]
+) -> Callable[[Verdict, FaultMonitor], None]:
+    """What a Slurm job does when a rank stalls or dies: the lowest rank other than the one at fault
+    requeues it (``scontrol requeue``) to resume from its last checkpoint, unless the job failed that way
+    ``budgets[kind]`` times without a new checkpoint in between; the other ranks wait for its outcome,
+    then every live rank exits with the stall code, each having logged the same line. A user error on
+    one rank ends the job without a requeue."""
 
-    return on_stall
+    def on_fault(verdict: Verdict, monitor: FaultMonitor) -> None:
+        message = f"{verdict.text}; ending job {job_id}"
+        if verdict.kind == "error":
+            exit_after_fault(f"{message}; not requeued: an error to fix, then resubmit", code=2)
+        if env.rank != verdict.requeuer:
+            outcome = monitor.await_outcome(REQUEUE_SECONDS + 30)
+            exit_after_fault(f"{message}; rank {verdict.requeuer}: {outcome or 'no word on the requeue'}")
+        outcome = requeue_or_say_why_not(run_dir, job_id, verdict, budgets[verdict.kind])
+        monitor.publish_outcome(outcome)
+        exit_after_fault(f"{message}; {outcome}")
+
+    return on_fault
+
+
+def requeue_or_say_why_not(run_dir: Path, job_id: str, verdict: Verdict, budget: int) -> str:
+    """Requeue the job within the budget (counted first, confirmed after); returns what happened."""
+    from fmboost.training.checkpointing import latest_checkpoint
+
+    try:
+        last = latest_checkpoint(run_dir)
+    except FMBoostError:
+        last = None
+    checkpoint = last.name if last else None
+    count = requeues_since(run_dir, checkpoint, verdict.kind)
+    since = f"since checkpoint {checkpoint}" if last else "before any checkpoint"
+    flag = "--max-stall-requeues" if verdict.kind == "stall" else "--max-failure-requeues"
+    if count >= budget:
+        return (
+            f"not requeued: it {WHAT_FAILED[verdict.kind]} {count + 1} times {since} without writing a new "
+            f"one ({flag} {budget}). Find the cause, then resubmit to resume"
+        )
+    event = {"job": job_id, "kind": verdict.kind, "verdict": verdict.text}
+    record_requeue(run_dir, checkpoint, verdict.kind, count + 1, event | {"outcome": "asked"})
+    try:
+        requeued = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=REQUEUE_SECONDS
+        )
+        failure = requeued.stderr.strip() if requeued.returncode != 0 else None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        failure = str(error)
+    if failure is not None:
+        record_requeue(run_dir, checkpoint, verdict.kind, count, event | {"outcome": f"failed: {failure}"})
+        return f"scontrol requeue failed ({failure}); resubmit to resume"
+    record_requeue(run_dir, checkpoint, verdict.kind, count + 1, event | {"outcome": "requeued"})
+    return (
+        f"requeued to resume from {last or 'the start'} ({verdict.kind} requeue {count + 1} {since}, "
+        f"{budget} allowed)"
+    )
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
     """``TrainingJob(config_path, overrides)()`` trains on one task of a (multi-node) job."""
 
-    def __init__(self, config_path: str, overrides: list[str], max_stall_requeues: int = 3) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        overrides: list[str],
+        max_stall_requeues: int = 3,
+        max_failure_requeues: int = 3,
+    ) -> None:
         self.config_path, self.overrides = config_path, list(overrides)
-        self.max_stall_requeues = max_stall_requeues
+        self.budgets = {"stall": max_stall_requeues, "crash": max_failure_requeues}
 
     @records_user_errors
     def __call__(self) -> dict[str, Any]:
@@ -182,15 +228,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
         config = load_config(self.config_path, self.overrides)
-        on_stall = None
+        on_fault = None
         if "SLURM_JOB_ID" in os.environ:
-            on_stall = requeue_after_stall(
-                Path(config.train.run_dir).expanduser(),
-                env,
-                os.environ["SLURM_JOB_ID"],
-                self.max_stall_requeues,
-            )
-        result = train(config, env, stop, on_stall)
+            run_dir = Path(config.train.run_dir).expanduser()
+            on_fault = requeue_after_fault(run_dir, env, os.environ["SLURM_JOB_ID"], self.budgets)
+        result = train(config, env, stop, on_fault)
         if result.status == "preempted" and env.is_main and callable(submitit_handler):
             logger.info("checkpoint saved; handing over to submitit to requeue the job")
             submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues and exits

@@ -31,6 +31,8 @@ from fmboost.config_loading import load_config
 from fmboost.errors import ConfigError
 from fmboost.tracking import default_tracking_uri
 
+SRUN_WAIT_SECONDS = 120  # longer than a requeue's bound (cluster.jobs.REQUEUE_SECONDS) and its word
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -99,6 +101,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "requeues itself without a new checkpoint in between before it gives up (default 3)",
     )
     parser.add_argument(
+        "--max-failure-requeues",
+        type=int,
+        default=3,
+        metavar="N",
+        help="how often a training job that lost a rank (killed, crashed, failed with an error that is not "
+        "the user's to fix) requeues itself without a new checkpoint in between before it gives up "
+        "(default 3); a user error is never requeued",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate, print the resolved config and job parameters, submit nothing",
@@ -151,8 +162,10 @@ def job_parameters(args: argparse.Namespace, cluster, backend: str) -> dict:
         parameters["gpus_per_node"] = tasks
     if backend == "slurm":
         parameters["slurm_signal_delay_s"] = args.signal_delay
-        # a rank that exits (a stall, a crash) ends the others, a stopped one included
-        parameters["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
+        # The first task to end gives the others this long before srun ends them (a stopped one
+        # included): long enough for a rank that saw a peer die to requeue the job and say so, which
+        # --kill-on-bad-exit would cut short; ranks that finish leave together.
+        parameters["slurm_srun_args"] = [f"--wait={SRUN_WAIT_SECONDS}"]
         if args.partition or cluster.partition:
             parameters["slurm_partition"] = args.partition or cluster.partition
     return parameters
@@ -204,7 +217,8 @@ def submit_training(args: argparse.Namespace) -> int:
         print(to_yaml(config))
         print(
             f"{backend} job parameters: {parameters}; requeued at most {args.max_requeues} times at its time "
-            f"limit and {args.max_stall_requeues} times in a row after a stall"
+            f"limit, {args.max_stall_requeues} times in a row after a stall and {args.max_failure_requeues} "
+            "after a lost rank"
         )
         return 0
     check_training_data(config)
@@ -215,7 +229,10 @@ def submit_training(args: argparse.Namespace) -> int:
     )
     executor.update_parameters(**parameters)
     training = TrainingJob(
-        str(Path(args.config).resolve()), job_overrides(args, config, backend), args.max_stall_requeues
+        str(Path(args.config).resolve()),
+        job_overrides(args, config, backend),
+        args.max_stall_requeues,
+        args.max_failure_requeues,
     )
     job = executor.submit(training)
     print(f"job id: {job.job_id}")

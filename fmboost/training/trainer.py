@@ -15,6 +15,8 @@ transient one (:mod:`fmboost.training.rerun`).
 import gc
 import logging
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +48,7 @@ from fmboost.training.checkpointing import (
 )
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
 from fmboost.training.engine_setup import build_engine
+from fmboost.training.faults import FaultMonitor, Verdict
 from fmboost.training.hot_loop import LossWindow, StopCheck, WindowSums, freeze_setup_objects, memory_format
 from fmboost.training.init_from import load_initial_weights
 from fmboost.training.master_weights import master_weight_fragments
@@ -61,18 +64,13 @@ from fmboost.training.resume import choose_checkpoint, plan_global_batch
 from fmboost.training.run_lock import RunFolderBusyError, RunFolderLock
 from fmboost.training.skipped_samples import SkippedSamples
 from fmboost.training.validation import Validator
-from fmboost.training.watchdog import (
-    Allowances,
-    Progress,
-    StallReport,
-    Watchdog,
-    exit_after_stall,
-    store_client,
-)
+from fmboost.training.watchdog import Allowances, Progress, exit_after_fault
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
 
 logger = logging.getLogger(__name__)
+
+VERDICT_HANDLING_SECONDS = 180.0  # a requeue takes up to a minute; the handler's own waits are bounded
 
 
 @dataclass
@@ -119,42 +117,62 @@ def stall_allowances(config: FMBoostConfig) -> Allowances:
     )
 
 
-def exit_naming_the_resume(run_dir: Path) -> Callable[[StallReport], None]:
-    """What a stalled job does by default (torchrun, one process): say what stalled and how to go on."""
+def end_naming_the_resume(run_dir: Path) -> Callable[[Verdict, FaultMonitor], None]:
+    """What a job does by default when a rank stalls or dies (torchrun): say what happened and how to go
+    on; a rank's error that the user must fix ends the job like the error itself (exit code 2)."""
 
-    def on_stall(report: StallReport) -> None:
-        exit_after_stall(
-            f"{report.describe()}; ending the job. Resume with the same command: "
-            f"train.resume=auto continues from the last complete checkpoint in {run_dir / 'checkpoints'}"
+    def on_fault(verdict: Verdict, monitor: FaultMonitor) -> None:
+        if verdict.kind == "error":
+            exit_after_fault(f"{verdict.text}; ending the job", code=2)
+        exit_after_fault(
+            f"{verdict.text}; ending the job. Resume with the same command: train.resume=auto continues "
+            f"from the last complete checkpoint in {run_dir / 'checkpoints'}"
         )
 
-    return on_stall
+    return on_fault
 
 
-def start_watchdog(
-    allowances: Allowances, env: DistributedEnv, progress: Progress, on_stall: Callable[[StallReport], None]
-) -> Watchdog | None:
-    """A watchdog on every rank of a multi-rank job (``train.stall_timeout_seconds`` > 0)."""
-    if env.world_size == 1 or allowances.step == 0:
+def start_fault_monitor(
+    allowances: Allowances,
+    env: DistributedEnv,
+    progress: Progress,
+    on_fault: Callable[[Verdict, FaultMonitor], None],
+) -> FaultMonitor | None:
+    """On every rank of a multi-rank job: the stall watchdog and the links that see a rank die."""
+    if env.world_size == 1:
         return None
-    store = store_client(env.master_addr, env.master_port, max(5.0, allowances.step / 2))
-    watchdog = Watchdog(store, env.rank, env.world_size, allowances, progress, on_stall)
-    watchdog.start()
-    return watchdog
+    monitor = FaultMonitor(env, allowances, progress, on_fault)
+    monitor.start()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun ends the others with SIGTERM when one rank dies
+        signal.signal(signal.SIGTERM, finish_the_verdict_first(monitor))
+    return monitor
+
+
+def finish_the_verdict_first(monitor: FaultMonitor) -> Callable[[int, Any], None]:
+    """A SIGTERM that arrives while this rank acts on a verdict waits for it (the verdict's handler ends
+    the process with its one line); any other ends the process as SIGTERM does by default."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if monitor.acted.is_set():
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    return on_sigterm
 
 
 def train(
     config: FMBoostConfig,
     env: DistributedEnv,
     stop_requested: threading.Event | None = None,
-    on_stall: Callable[[StallReport], None] | None = None,
+    on_fault: Callable[[Verdict, FaultMonitor], None] | None = None,
 ) -> TrainResult:
     """Train a CFM stage as ``config`` says; resumable, and safe to call from torchrun or submitit tasks.
 
     The run folder is locked for the life of the job: a second job in it is refused (see
-    :mod:`fmboost.training.run_lock`). On several ranks a watchdog (:mod:`fmboost.training.watchdog`)
-    calls ``on_stall`` when the job stalls; by default every live rank says which rank stalled and exits
-    with ``STALL_EXIT_CODE``.
+    :mod:`fmboost.training.run_lock`). On several ranks a fault monitor (:mod:`fmboost.training.faults`)
+    calls ``on_fault`` when a rank stalls or dies; by default every live rank says which rank and how,
+    and exits with ``STALL_EXIT_CODE``.
     """
     run_dir = Path(config.train.run_dir).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,16 +189,23 @@ def train(
     if all_ranks_agree(refusal is not None, device):
         raise refusal or RunFolderBusyError(f"{run_dir} is in use by another training job", "train.run_dir")
     progress = Progress()
-    watchdog = start_watchdog(allowances, env, progress, on_stall or exit_naming_the_resume(run_dir))
+    monitor = start_fault_monitor(allowances, env, progress, on_fault or end_naming_the_resume(run_dir))
     frozen_by_caller = gc.get_freeze_count() > 0
     try:
-        return train_with_reruns(config, env, run_dir, device, stop_requested or threading.Event(), progress)
+        result = train_with_reruns(
+            config, env, run_dir, device, stop_requested or threading.Event(), progress, monitor
+        )
+    except BaseException as error:
+        if monitor is not None and monitor.ending(error):
+            time.sleep(VERDICT_HANDLING_SECONDS)  # the verdict's handler ends this process meanwhile
+        raise
     finally:
-        if watchdog is not None:
-            watchdog.stop()
         if not frozen_by_caller:  # undo the hot loop's freeze; a caller that froze its heap keeps it so
             gc.unfreeze()
         lock.release()
+    if monitor is not None:
+        monitor.ending(None)
+    return result
 
 
 def train_with_reruns(
@@ -190,11 +215,12 @@ def train_with_reruns(
     device: torch.device,
     stop_requested: threading.Event,
     progress: Progress,
+    monitor: FaultMonitor | None,
 ) -> TrainResult:
     """Run the job; a non-finite loss is re-run once from the state before it (:mod:`.rerun`)."""
     rerun = None
     while True:
-        trainer = Trainer(config, env, run_dir, device, stop_requested, progress, rerun)
+        trainer = Trainer(config, env, run_dir, device, stop_requested, progress, rerun, monitor)
         try:
             return trainer.run()
         except NonFiniteLossError as error:
@@ -231,9 +257,11 @@ class Trainer:
         stop_requested: threading.Event,
         progress: Progress,
         rerun: Rerun | None = None,
+        monitor: FaultMonitor | None = None,
     ) -> None:
         self.config, self.settings, self.env, self.run_dir = config, config.train, env, run_dir
         self.device, self.stop_requested, self.progress, self.rerun = device, stop_requested, progress, rerun
+        self.monitor = monitor
         self.last_checkpoint: Path | None = None  # the state a re-run starts from
 
     def run(self) -> TrainResult:
@@ -487,7 +515,7 @@ class Trainer:
 
     def check_loss_now(self, loss: torch.Tensor, keys: list[str]) -> None:
         """During a re-run, before the step is taken: a non-finite loss on any rank is a data fault."""
-        value = float(loss)
+        value = float(loss.detach())
         if not all_ranks_agree(not math.isfinite(value), self.device):
             return
         batches = batches_at_fault(math.isfinite(value), keys, self.env.rank)

@@ -11,11 +11,12 @@ stalled when no rank has made progress for longer than an allowance:
 - else, after the allowance of the slowest phase any rank is in, the rank that went quiet first (stuck
   in I/O while the others wait for it in a collective).
 
-Every live rank then calls ``on_stall`` with the same report; the default logs which rank stalled and at
-which step, and how to resume, then exits with :data:`STALL_EXIT_CODE`, which a launcher can tell apart
-from a crash. (``os._exit``: the main thread may be blocked in a collective that never returns.) A rank
-that finds its own thread slept past the allowance was stopped itself: the others have acted on it, so
-it only exits.
+A rank whose work is done publishes that it finished and is never named: its peers may still be
+exporting and uploading. The report goes to ``on_stall`` (:class:`fmboost.training.faults.FaultMonitor`,
+which makes one verdict of it for the whole job); a verdict another rank reached first is read from the
+store at every beat. A rank that finds its own thread slept past the allowance was stopped itself: the
+others have acted on it, so it only exits (``os._exit``: the main thread may be blocked in a collective
+that never returns).
 """
 
 import json
@@ -32,8 +33,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the job may succeed if run again
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: the job may succeed if run again (a stall, a dead rank)
 KEY_PREFIX = "fmboost/watchdog/"
+FINISHED = "finished"
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,16 @@ class StallDetector:
         if previous is None or record["beat"] != previous["beat"]:
             self.last_beat[rank] = now
         self.records[rank] = record
+        if record["phase"] == FINISHED:  # its work is done: it is never named, nor waited for
+            self.last_progress.pop(rank, None)
+            self.last_beat.pop(rank, None)
 
     def stalled(self, now: float) -> StallReport | None:
         """The stall, if any. A slow phase keeps its heartbeat, so a rank whose heartbeat stopped (or the
         store's host, when the store stops answering) gets only the step allowance, whatever phase it was
         in; a job whose heartbeats go on gets the allowance of the slowest phase any rank is in."""
+        if not self.last_progress:  # every rank finished
+            return None
         quiet = now - max(self.last_progress.values())
         step_allowance = self.allowances.step
         if now - self.store_answered > step_allowance:  # then no heartbeat can be seen at all
@@ -113,8 +120,8 @@ class StallDetector:
         frozen = [rank for rank, beat in self.last_beat.items() if now - beat > step_allowance]
         if frozen and quiet > step_allowance:
             return self.report(frozen[0], quiet, step_allowance, "its heartbeat stopped too")
-        phases = {record["phase"] for record in self.records.values()} or {"setup"}
-        allowance = max(self.allowances.of(phase) for phase in phases)
+        phases = {self.records[rank]["phase"] for rank in self.last_progress if rank in self.records}
+        allowance = max(self.allowances.of(phase) for phase in phases or {"setup"})
         if quiet <= allowance:
             return None
         return self.report(
@@ -127,7 +134,8 @@ class StallDetector:
 
 
 class Watchdog(threading.Thread):
-    """Publishes this rank's progress and ends the job when :class:`StallDetector` says it stalled."""
+    """Publishes this rank's progress and calls ``on_stall`` when :class:`StallDetector` says the job
+    stalled; ``shared_verdict()`` is asked at every beat whether another rank reached a verdict first."""
 
     def __init__(
         self,
@@ -137,37 +145,37 @@ class Watchdog(threading.Thread):
         allowances: Allowances,
         progress: Progress,
         on_stall: Callable[[StallReport], None],
+        shared_verdict: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(name="fmboost-watchdog", daemon=True)
         self.store, self.rank, self.world_size = store, rank, world_size
-        self.progress, self.on_stall = progress, on_stall
+        self.progress, self.on_stall, self.shared_verdict = progress, on_stall, shared_verdict
         self.interval = min(10.0, allowances.step / 5)
         self.detector = StallDetector(world_size, allowances, time.monotonic())
         self.stopped = threading.Event()
+        self.beat = 0
 
     def run(self) -> None:
-        beat = 0
         while True:
             asleep = time.monotonic()
             if self.stopped.wait(self.interval):
                 return
             slept = time.monotonic() - asleep  # only the wait: a slow store call is not this rank's fault
             if slept > self.detector.allowances.step:  # this rank itself was stopped (SIGSTOP, then SIGCONT)
-                exit_after_stall(
+                exit_after_fault(
                     f"rank {self.rank} was itself stopped for {slept:.0f} s, past the stall allowance; the "
                     "other ranks have ended the job (Slurm resumes a stopped task before it kills it)"
                 )
-            beat += 1
-            record = {"step": self.progress.step, "phase": self.progress.phase, "count": self.progress.count}
+            self.publish(self.progress.phase)
             try:
-                self.store.set(f"{KEY_PREFIX}{self.rank}", json.dumps({**record, "beat": beat}))
-                self.detector.store_answered = time.monotonic()
                 keys = [f"{KEY_PREFIX}{rank}" for rank in range(self.world_size)]
                 if self.store.check(keys):  # every rank has published once
                     values = self.store.multi_get(keys)
                     now = time.monotonic()
                     for rank, value in enumerate(values):
                         self.detector.observe(rank, json.loads(value), now)
+                if self.shared_verdict():
+                    return
             except (RuntimeError, OSError, ValueError):  # a store that does not answer in time
                 pass
             report = self.detector.stalled(time.monotonic())
@@ -176,8 +184,24 @@ class Watchdog(threading.Thread):
                     self.on_stall(report)
                 except Exception:  # the job must end even if what it does on a stall fails
                     logger.exception("the stall handler failed")
-                    exit_after_stall(f"{report.describe()}; ending the job")
+                    exit_after_fault(f"{report.describe()}; ending the job")
                 return
+
+    def publish(self, phase: str) -> None:
+        """This rank's progress and a heartbeat, in the store (a store that does not answer is noted)."""
+        self.beat += 1
+        progress = self.progress
+        record = {"step": progress.step, "phase": phase, "count": progress.count, "beat": self.beat}
+        try:
+            self.store.set(f"{KEY_PREFIX}{self.rank}", json.dumps(record))
+            self.detector.store_answered = time.monotonic()
+        except (RuntimeError, OSError):
+            pass
+
+    def finish(self) -> None:
+        """This rank's work is done: say so (its heartbeat stops now, and that is no stall) and stop."""
+        self.stopped.set()
+        self.publish(FINISHED)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -195,13 +219,12 @@ def store_client(master_addr: str, master_port: int, timeout_seconds: float):
     )
 
 
-def exit_after_stall(message: str, delay_seconds: float = 0.0) -> None:
-    """Log ``message`` on this rank, flush every handler, and leave with :data:`STALL_EXIT_CODE` after
-    ``delay_seconds`` (time for another rank to act first, e.g. to requeue the job)."""
+def exit_after_fault(message: str, code: int = STALL_EXIT_CODE) -> None:
+    """Log ``message`` on this rank, flush every handler, and leave with ``code`` at once (the main
+    thread may be blocked in a collective that never returns)."""
     logger.error(message)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(delay_seconds)
-    os._exit(STALL_EXIT_CODE)
+    os._exit(code)

@@ -119,15 +119,16 @@ def job_task(job_id: str, task: int) -> psutil.Process:
     raise LookupError(f"task {task} of job {job_id} is not running here")
 
 
-def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpoint(tmp_path):
+def fault_after_the_first_checkpoint(tmp_path, fault: signal.Signals, *settings: str) -> tuple[str, str]:
+    """A 2-node training job (40 steps, a checkpoint every 10) whose task 1 gets ``fault`` once the
+    checkpoint of step 10 is complete; returns the launcher's output and the job id."""
     latents = build_latents(tmp_path)
     run_dir = tmp_path / "run"
     overrides = training_overrides(
         latents, run_dir, max_steps=40, log_every=10, checkpoint_every=10, validate_every=10_000
     )
-    stall = ["train.stall_timeout_seconds=3", "train.stall_timeout_checkpoint_seconds=60"]
     command = [sys.executable, "cluster/submit.py", "--cluster", "slurm", "--wait", "--nodes", "2"]
-    command += ["--gpus-per-node", "1", "--time", "10", "configs/demo/tiny_cpu.yaml", *overrides, *stall]
+    command += ["--gpus-per-node", "1", "--time", "10", "configs/demo/tiny_cpu.yaml", *overrides, *settings]
     submitted = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -137,7 +138,7 @@ def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpo
             assert time.time() < deadline and submitted.poll() is None, submitted.stdout.read()
             time.sleep(0.1)
         job_id = next((run_dir / "submitit").glob("*/*_submitted.pkl")).parent.name
-        job_task(job_id, 1).send_signal(signal.SIGSTOP)
+        job_task(job_id, 1).send_signal(fault)
         output, _ = submitted.communicate(timeout=600)
     finally:
         if submitted.poll() is None:
@@ -148,9 +149,32 @@ def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpo
         ["sacct", "-j", job_id, "--duplicates", "-X", "-n", "-o", "State"], capture_output=True, text=True
     ).stdout.split()
     assert "REQUEUED" in history, history
+    return output, job_id
+
+
+def test_a_job_with_a_stalled_rank_requeues_itself_and_finishes_from_its_checkpoint(tmp_path):
+    stall = ["train.stall_timeout_seconds=3", "train.stall_timeout_checkpoint_seconds=60"]
+    _, job_id = fault_after_the_first_checkpoint(tmp_path, signal.SIGSTOP, *stall)
+    run_dir = tmp_path / "run"
     log = (run_dir / "submitit" / job_id / f"{job_id}_0_log.err").read_text()
     assert "rank 1 stalled at step" in log and "requeued to resume from" in log and "resumed from" in log
-    assert json.loads((run_dir / "stall_requeues.json").read_text())["requeues"] == 1
+    record = json.loads((run_dir / "requeues.json").read_text())
+    assert record["counts"] == {"stall": 1} and record["history"][-1]["outcome"] == "requeued"
+
+
+def test_a_job_with_a_rank_killed_by_sigkill_requeues_itself_and_finishes_from_its_checkpoint(tmp_path):
+    _, job_id = fault_after_the_first_checkpoint(tmp_path, signal.SIGKILL)
+    run_dir = tmp_path / "run"
+    logs = [(run_dir / "submitit" / job_id / f"{job_id}_{task}_log.err").read_text() for task in (0, 1)]
+    died = [line for line in logs[0].splitlines() if "[rank 0] ERROR" in line]
+    assert died and "rank 1 (pid " in died[0] and " on n2) died at step " in died[0], logs[0]
+    assert "it ended without a word: killed by a signal no process can catch" in died[0]
+    assert "requeued to resume from" in died[0] and "crash requeue 1 since checkpoint step_" in died[0]
+    assert "Connection closed by peer" not in logs[0], "which rank died, not gloo's error"
+    assert "resumed from" in logs[0]
+    record = json.loads((run_dir / "requeues.json").read_text())
+    assert record["counts"] == {"crash": 1}
+    assert [e["outcome"] for e in record["history"]] == ["asked", "requeued"], "counted before it is asked"
 
 
 def test_an_encode_config_runs_as_an_array_job(tmp_path):

@@ -177,41 +177,66 @@ def test_an_error_inside_a_job_comes_out_of_wait_as_its_one_line(tmp_path, capsy
     assert list((tmp_path / "results" / "submitit").glob("*/*_fmboost_error.json"))
 
 
-STALLED_JOB = """
+FAILED_JOB = """
 import sys
 from pathlib import Path
 
-from cluster.jobs import requeue_after_stall
+from cluster.jobs import requeue_after_fault
 from fmboost.distributed import DistributedEnv
-from fmboost.training.watchdog import StallReport
+from fmboost.training.faults import FaultMonitor, Verdict
+from fmboost.training.watchdog import Allowances, Progress, StallReport
 
-on_stall = requeue_after_stall(Path(sys.argv[1]), DistributedEnv(rank=0, world_size=2), "12345", 2)
-on_stall(StallReport(1, 7, "step", 4.0, 3.0, "its heartbeat stopped too"))
+kind = sys.argv[2]
+on_fault = requeue_after_fault(Path(sys.argv[1]), DistributedEnv(rank=0, world_size=2), "12345", {kind: 2})
+monitor = FaultMonitor(DistributedEnv(rank=0, world_size=2), Allowances(3, 9, 9), Progress(), on_fault)
+if kind == "stall":
+    verdict = Verdict.from_stall(StallReport(1, 7, "step", 4.0, 3.0, "its heartbeat stopped too"))
+else:
+    verdict = Verdict("crash", 1, 7, "rank 1 (pid 99 on n2) died at step 7: it ended without a word")
+on_fault(verdict, monitor)
 """
 
 
-def test_a_job_that_keeps_stalling_without_a_new_checkpoint_stops_requeuing_and_says_so(tmp_path):
-    from cluster.jobs import record_stall_requeue
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        (
+            "stall",
+            "rank 1 stalled at step 7 (step): no rank made progress for 4 s, 3 s allowed (its heartbeat "
+            "stopped too); ending job 12345; not requeued: it stalled 3 times before any checkpoint "
+            "without writing a new one (--max-stall-requeues 2)",
+        ),
+        (
+            "crash",
+            "rank 1 (pid 99 on n2) died at step 7: it ended without a word; ending job 12345; not "
+            "requeued: it lost a rank 3 times before any checkpoint without writing a new one "
+            "(--max-failure-requeues 2)",
+        ),
+    ],
+)
+def test_a_job_that_keeps_failing_without_a_new_checkpoint_stops_requeuing_and_says_so(tmp_path, kind, said):
+    from cluster.jobs import record_requeue
     from fmboost.training.watchdog import STALL_EXIT_CODE
 
-    record_stall_requeue(tmp_path, None, 2)  # two stall requeues already, no checkpoint written since
-    stalled = subprocess.run(
-        [sys.executable, "-c", STALLED_JOB, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True
+    record_requeue(tmp_path, None, kind, 2, {"kind": kind})  # two requeues already, no checkpoint since
+    failed = subprocess.run(
+        [sys.executable, "-c", FAILED_JOB, str(tmp_path), kind], cwd=REPO_ROOT, capture_output=True, text=True
     )
-    assert stalled.returncode == STALL_EXIT_CODE
-    assert (
-        "rank 1 stalled at step 7 (step): no rank made progress for 4 s, 3 s allowed (its heartbeat stopped "
-        "too); ending job 12345; not requeued: it stalled 3 times before any checkpoint without writing a "
-        "new one (--max-stall-requeues 2)"
-    ) in stalled.stderr
+    assert failed.returncode == STALL_EXIT_CODE, failed.stderr
+    assert said in failed.stderr
 
 
-def test_a_new_checkpoint_starts_the_stall_count_again(tmp_path):
-    from cluster.jobs import record_stall_requeue, stall_requeues
+def test_a_new_checkpoint_starts_the_requeue_counts_again(tmp_path):
+    from cluster.jobs import REQUEUE_RECORD, record_requeue, requeues_since
 
-    assert stall_requeues(tmp_path, "step_00000010") == 0
-    record_stall_requeue(tmp_path, "step_00000010", 2)
-    assert stall_requeues(tmp_path, "step_00000010") == 2
-    assert stall_requeues(tmp_path, "step_00000020") == 0
-    (tmp_path / "stall_requeues.json").write_text("{not json")
-    assert stall_requeues(tmp_path, "step_00000010") == 0, "an unreadable record counts afresh"
+    assert requeues_since(tmp_path, "step_00000010", "stall") == 0
+    record_requeue(tmp_path, "step_00000010", "stall", 2, {"kind": "stall"})
+    record_requeue(tmp_path, "step_00000010", "crash", 1, {"kind": "crash"})
+    assert requeues_since(tmp_path, "step_00000010", "stall") == 2
+    assert requeues_since(tmp_path, "step_00000010", "crash") == 1
+    assert requeues_since(tmp_path, "step_00000020", "stall") == 0
+    record_requeue(tmp_path, "step_00000020", "crash", 1, {"kind": "crash"})
+    assert requeues_since(tmp_path, "step_00000020", "stall") == 0, "the new checkpoint starts afresh"
+    assert len(json.loads((tmp_path / REQUEUE_RECORD).read_text())["history"]) == 3, "the history stays"
+    (tmp_path / REQUEUE_RECORD).write_text("{not json")
+    assert requeues_since(tmp_path, "step_00000020", "crash") == 0, "an unreadable record counts afresh"

@@ -75,3 +75,19 @@ def test_a_store_that_stops_answering_names_rank_zero_which_hosts_it():
 
 def test_setup_and_checkpoints_have_their_own_allowances():
     assert ALLOWANCES.of("checkpoint") == 50 and ALLOWANCES.of("setup") == ALLOWANCES.longest == 100
+
+
+def test_a_rank_that_finished_is_never_named_while_another_uploads_past_the_allowance():
+    # rank 1 finished at t=2 and stopped beating; rank 0 makes no progress while it uploads (t=2..40)
+    detector = detector_after(
+        [
+            (1, 0, record(9, 9, 1)),
+            (1, 1, record(9, 9, 1)),
+            (2, 1, record(10, 10, 2, phase="finished")),
+            *[(now, 0, record(10, 10, beat, phase="finished")) for beat, now in enumerate(range(3, 41), 2)],
+        ]
+    )
+    assert detector.stalled(40) is None, "a finished run is never taken for a stalled one"
+    still_working = detector_after([(1, 0, record(9, 9, 1)), (2, 1, record(10, 10, 2, phase="finished"))])
+    report = still_working.stalled(40)
+    assert report is not None and report.rank == 0, "a rank that has not finished is still watched"
