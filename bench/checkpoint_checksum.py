@@ -1,11 +1,11 @@
-"""What the checkpoint manifest's CRC-32 costs against writing the checkpoint, at the paper U-Net's size.
+"""What the CRC-32 of a checkpoint's file list costs against writing it, at the paper U-Net's size.
 
     python bench/checkpoint_checksum.py                 # the paper U-Net, one rank's share of 8 (ZeRO-2)
     python bench/checkpoint_checksum.py --small         # a tiny U-Net, any machine
 
 A rank of a ZeRO-2 job writes its share of the fp32 masters and both Adam moments (3 × 4 bytes per
 parameter ÷ ranks); rank 0 also writes the module (4 bytes per parameter). Both files are written with
-``torch.save``, as DeepSpeed writes them, then described as the trainer describes them for the manifest:
+``torch.save``, as DeepSpeed writes them, then described as the trainer describes them for its file list:
 read back through :func:`fmboost.training.checkpoint_files.crc32_of`, then fsynced (the checkpoint is
 declared complete only once its files are on stable storage). The baseline is the write and its fsync, in
 the same run: the ratio says what share of a durable checkpoint's time the checksums add.

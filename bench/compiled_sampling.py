@@ -15,7 +15,7 @@ import torch
 from bench_output import report
 
 from fmboost.devices import resolve_device
-from fmboost.pipeline import FMBoostPipeline
+from fmboost.inference.pipeline import FMBoostPipeline
 
 
 def timed(pipeline: FMBoostPipeline, latents: torch.Tensor, nfe: int) -> float:

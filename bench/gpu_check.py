@@ -3,6 +3,10 @@
     python bench/gpu_check.py                 # on a CUDA machine (make gpu-check)
     python bench/gpu_check.py --small         # tiny sizes, any machine (CI runs this)
 
+With ``--small`` (fp32 on a CPU, to prove the script) one variant is compiled, part (b)'s training step:
+compiling on a CPU costs a minute per graph, the compiled pipeline of part (g) is the library's own
+(``tests/pipeline/test_compiled.py`` checks it against eager), and part (j) runs eager only.
+
 (a) ``configs/cfm_1k.yaml``'s U-Net, 64² → 128² latents, batch 16, bf16, DeepSpeed ZeRO-2 on one
 device, eager: samples/s, step time, peak memory, MFU; (b) the same with ``train.compile`` and
 ``train.channels_last``; (c) ``configs/cascade_2k.yaml`` at its training crop, as configured; (d)
@@ -13,7 +17,7 @@ stages) for one image, with peak memory; (f) our U-Net against the plain functio
 (``bench/model_level.py``), bf16, at batch 16 (bound by operator launches on a GPU) and 128 (bound by
 the kernels); (g) part (d) compiled (``FMBoostPipeline(compile=True)``: the U-Net and the autoencoder,
 CUDA graphs on CUDA) at NFE 40, 4, 2 and 1, weights in NCHW (as the pipeline leaves them) and then in
-NHWC (only NCHW with ``--small``): warm-up apart, the context, ms per evaluation, decode per image;
+NHWC (not with ``--small``): warm-up apart, the context, ms per evaluation, decode per image;
 (h) eager, the same U-Net and decoder in NCHW and NHWC, the decode in fp32 and bf16; (i) training as
 (a) at ZeRO stage 0 (what a one-GPU run should use): eager and with ``train.compile`` +
 ``train.channels_last``, each with and without ``train.fused_optimizer``, and with ``train.bf16_weights``
@@ -40,22 +44,12 @@ from bench_output import report, write
 from device_timing import seconds_after_warmup, synchronize
 from group_norm import PAPER_LEVELS, SMALL_LEVELS, group_norm_figures
 from model_level import model_level
+from shared_training import engine_step, paper_config
 
 from fmboost.config import FMBoostConfig
-from fmboost.config_loading import load_config
 from fmboost.devices import DTYPES, autocast_to, resolve_precision
 from fmboost.distributed import DistributedEnv, init_distributed
 from fmboost.training.efficiency import model_flops_utilisation, peak_flops, training_flops_per_sample
-
-SMALL_MODEL = [
-    "model.model_channels=32",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[2]",
-    "model.num_heads=2",
-    "model.head_channels=16",
-    "model.norm_groups=8",
-]
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -68,41 +62,6 @@ def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def paper_config(path: str, small: bool, extra: list[str]) -> FMBoostConfig:
-    """The config at ``path`` under ZeRO-2, then ``extra``; with ``small`` tiny, fp32 and uncompiled
-    unless ``extra`` compiles (compiling on a CPU takes longer than the whole check otherwise)."""
-    overrides = ["deepspeed.zero_optimization.stage=2", "train.warmup_steps=1"]
-    if small:
-        overrides += [*SMALL_MODEL, "data.batch_size=2", "data.crop_size=null", "train.precision=fp32"]
-        overrides += ["train.compile=false", "train.channels_last=false"]
-    return load_config(path, [*overrides, *extra])
-
-
-def engine_step(
-    model: "torch.nn.Module", config: FMBoostConfig, latent: int, device: torch.device
-) -> tuple[object, Callable[[], torch.Tensor], list[str]]:
-    """The trainer's engine for ``model`` (compiled if asked), and one training step of it on a fixed
-    random batch of ``latent``² latents (returning the loss); also what the throughput options fell
-    back on."""
-    from fmboost.training.engine_setup import build_engine
-    from fmboost.training.hot_loop import memory_format
-
-    shape = (config.data.batch_size, config.model.out_channels, latent, latent)
-    engine, _, notes = build_engine(model, config, device, shape)
-    layout = memory_format(config.train)
-    x1 = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    z_up = torch.randn(shape, device=device).contiguous(memory_format=layout)
-    generator = torch.Generator(device).manual_seed(0)
-
-    def step() -> torch.Tensor:
-        loss = engine(x1, z_up, generator)
-        engine.backward(loss)
-        engine.step()
-        return loss
-
-    return engine, step, notes
 
 
 def training_figures(config: FMBoostConfig, latent: int, device: torch.device, steps: int) -> dict:
@@ -188,7 +147,7 @@ def first_stage(autoencoder, config: FMBoostConfig):
 
 
 def inference_figures(stages: list, vae, device: torch.device, batch: int, latent: int, nfe: int) -> dict:
-    from fmboost.pipeline import FMBoostPipeline
+    from fmboost.inference.pipeline import FMBoostPipeline
 
     reset_peak(device)
     pipeline = FMBoostPipeline(vae, stages, device=device, dtype="auto")
@@ -222,7 +181,7 @@ def compiled_inference_figures(
     """Part (d) compiled, with the U-Net's and autoencoder's weights in ``layout``: per NFE, the warm-up
     (compilation) apart from a timed call of the same shape; the context upsampling apart from the
     solve."""
-    from fmboost.pipeline import FMBoostPipeline
+    from fmboost.inference.pipeline import FMBoostPipeline
 
     set_layout([stage.net, *vae.autoencoder_modules()], layout)
     pipeline = FMBoostPipeline(vae, [stage], device=device, dtype="auto", compile=True)
@@ -308,8 +267,8 @@ TRAINING_VARIANTS = {  # part (i): one GPU, ZeRO stage 0 (what a one-GPU run sho
     "zero2_eager_fused_adamw": [*EAGER, "train.fused_optimizer=true", *ZERO_2],
     "zero2_compile_channels_last_fused_adamw": [*COMPILED_FUSED, *ZERO_2],
 }
-# With --small: these graphs compiled on a CPU take a minute more each and run no code that the compiled
-# fp32 variants, the eager variants and the compiled GroupNorm of part (j) do not already run.
+# With --small: these graphs compiled on a CPU take a minute more each and run no code that part (b)'s
+# compiled step (whose graph the other compiled variants share) and the eager variants do not already run.
 NOT_SMALL = {
     name
     for name in TRAINING_VARIANTS
@@ -317,7 +276,7 @@ NOT_SMALL = {
 }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -330,10 +289,11 @@ def main() -> None:
         default="abcdefghij",
         help="which parts to run, by letter (default: all); (f) is our U-Net against the functional "
         "reference, bf16, batch 16 and 128; (g) the compiled pipeline at NFE 40, 4, 2, 1 (weights NCHW, "
-        "then NHWC; NCHW only with --small); (h) eager U-Net and decode in NCHW and NHWC, decode in fp32 "
+        "then NHWC; not with --small); (h) eager U-Net and decode in NCHW and NHWC, decode in fp32 "
         "and bf16; (i) training at ZeRO stage 0: compile + channels_last, fused AdamW, eager, and bf16 "
         "module weights with fp32 masters (train.bf16_weights), NHWC GroupNorm in place "
-        "(train.channels_last_group_norm); (j) GroupNorm + SiLU alone in NCHW and NHWC",
+        "(train.channels_last_group_norm); (j) GroupNorm + SiLU alone in NCHW and NHWC (eager only with "
+        "--small)",
     )
     parser.add_argument(
         "--variants",
@@ -342,20 +302,80 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"), help="JSON output")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not args.parts or set(args.parts) - set("abcdefghij"):
         parser.error(f"--parts takes letters a-j, not {args.parts!r}")
-    variants = args.variants.split(",")
-    if unknown := set(variants) - set(TRAINING_VARIANTS):
+    args.variants = args.variants.split(",")
+    if unknown := set(args.variants) - set(TRAINING_VARIANTS):
         parser.error(
             f"--variants: no variant {', '.join(sorted(unknown))}; choose from {', '.join(TRAINING_VARIANTS)}"
         )
-    if device.type == "cpu" and not args.small:
+    if not torch.cuda.is_available() and not args.small:
         parser.error("no CUDA device: run with --small to check the script on a CPU")
+    args.steps = args.steps or (2 if args.small else 20)
+    return args
+
+
+def training_parts(
+    args: argparse.Namespace, device: torch.device, record: Callable[[str, dict], None]
+) -> None:
+    """(a), (b), (c) and (i): training steps of the paper configs."""
+    high, steps = (16 if args.small else 128), args.steps
+    if "a" in args.parts:
+        eager = paper_config("configs/cfm_1k.yaml", args.small, [*EAGER])
+        record("a_train_cfm_1k", training_figures(eager, high, device, steps))
+    if "b" in args.parts:
+        fast = paper_config(
+            "configs/cfm_1k.yaml", args.small, [*EAGER, "train.compile=true", "train.channels_last=true"]
+        )
+        record("b_train_cfm_1k_compile_channels_last", training_figures(fast, high, device, steps))
+    if "c" in args.parts:
+        cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
+        crop = cascade.data.crop_size or 2 * high
+        record("c_train_cascade_2k_crop", training_figures(cascade, crop, device, steps))
+    if "i" in args.parts:
+        for name in args.variants:
+            if args.small and name in NOT_SMALL:
+                continue
+            one_gpu = ["deepspeed.zero_optimization.stage=0", *TRAINING_VARIANTS[name]]
+            config = paper_config("configs/cfm_1k.yaml", args.small, one_gpu)
+            record(f"i_train_cfm_1k_{name}", training_figures(config, high, device, steps))
+
+
+def inference_parts(
+    args: argparse.Namespace, device: torch.device, record: Callable[[str, dict], None]
+) -> None:
+    """(d), (e), (f), (g) and (h): the pipeline, the cascade, the U-Net alone, compiled and eager layouts."""
+    low, batch, nfe = (8, 2, 2) if args.small else (64, 4, 40)
+    cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
+    cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
+    if set("deh") & set(args.parts):
+        autoencoder = sd_sized_autoencoder(args.small)
+        vae_1k, vae_2k = first_stage(autoencoder, cfm_1k), first_stage(autoencoder, cascade)
+        stage_1 = random_stage(cfm_1k, vae_1k.record())
+    if "d" in args.parts:
+        record("d_inference_1k", inference_figures([stage_1], vae_1k, device, batch, low, nfe))
+    if "e" in args.parts:
+        stages = [stage_1, random_stage(cascade, vae_2k.record())]
+        record("e_inference_2k_cascade", inference_figures(stages, vae_2k, device, 1, low, nfe))
+    if "f" in args.parts:
+        batches = [2] if args.small else [16, 128]  # launch-bound, then compute-bound on a GPU
+        figures = {f"batch_{b}": model_level(args.steps, device, b, bf16=not args.small) for b in batches}
+        record("f_model_level", figures)
+    if "h" in args.parts:
+        record("h_eager_layouts_1k", eager_layout_figures(stage_1, vae_1k, device, batch, low, nfe))
+    if "g" in args.parts and not args.small:  # --small compiles part (b) only
+        for name, layout in LAYOUTS.items():  # fresh modules: compiled code assumes its weights' layout
+            vae = first_stage(sd_sized_autoencoder(args.small), cfm_1k)
+            stage = random_stage(cfm_1k, vae.record())
+            figures = compiled_inference_figures(stage, vae, device, batch, low, [40, 4, 2, 1], layout)
+            record(f"g_inference_1k_compiled_{name}", figures)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     init_distributed(DistributedEnv.from_environ())
-    steps = args.steps or (2 if args.small else 20)
-    low, high, batch_inference, nfe = (8, 16, 2, 2) if args.small else (64, 128, 4, 40)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -368,54 +388,12 @@ def main() -> None:
         write(result, args.out)
         print(f"{key}: {json.dumps(figures)}", flush=True)
 
-    cfm_1k = paper_config("configs/cfm_1k.yaml", args.small, [])
-    cascade = paper_config("configs/cascade_2k.yaml", args.small, [])
-    if "a" in args.parts:
-        eager = paper_config("configs/cfm_1k.yaml", args.small, [*EAGER])
-        record("a_train_cfm_1k", training_figures(eager, high, device, steps))
-    if "b" in args.parts:
-        fast = paper_config(
-            "configs/cfm_1k.yaml", args.small, [*EAGER, "train.compile=true", "train.channels_last=true"]
-        )
-        record("b_train_cfm_1k_compile_channels_last", training_figures(fast, high, device, steps))
-    if "c" in args.parts:
-        crop = cascade.data.crop_size or 2 * high
-        record("c_train_cascade_2k_crop", training_figures(cascade, crop, device, steps))
-    if set("degh") & set(args.parts):
-        autoencoder = sd_sized_autoencoder(args.small)
-        vae_1k, vae_2k = first_stage(autoencoder, cfm_1k), first_stage(autoencoder, cascade)
-        stage_1 = random_stage(cfm_1k, vae_1k.record())
-    if "d" in args.parts:
-        record("d_inference_1k", inference_figures([stage_1], vae_1k, device, batch_inference, low, nfe))
-    if "e" in args.parts:
-        stages = [stage_1, random_stage(cascade, vae_2k.record())]
-        record("e_inference_2k_cascade", inference_figures(stages, vae_2k, device, 1, low, nfe))
-    if "f" in args.parts:
-        batches = [2] if args.small else [16, 128]  # launch-bound, then compute-bound on a GPU
-        record(
-            "f_model_level",
-            {f"batch_{batch}": model_level(steps, device, batch, bf16=not args.small) for batch in batches},
-        )
-    if "h" in args.parts:
-        record("h_eager_layouts_1k", eager_layout_figures(stage_1, vae_1k, device, batch_inference, low, nfe))
-    if "g" in args.parts:
-        nfes = [2, 1] if args.small else [40, 4, 2, 1]
-        layouts = {"nchw": LAYOUTS["nchw"]} if args.small else LAYOUTS
-        for name, layout in layouts.items():  # fresh modules: compiled code assumes its weights' layout
-            vae = first_stage(sd_sized_autoencoder(args.small), cfm_1k)
-            stage = random_stage(cfm_1k, vae.record())
-            figures = compiled_inference_figures(stage, vae, device, batch_inference, low, nfes, layout)
-            record(f"g_inference_1k_compiled_{name}", figures)
-    if "i" in args.parts:
-        for name in variants:
-            if args.small and name in NOT_SMALL:
-                continue
-            one_gpu = ["deepspeed.zero_optimization.stage=0", *TRAINING_VARIANTS[name]]
-            config = paper_config("configs/cfm_1k.yaml", args.small, one_gpu)
-            record(f"i_train_cfm_1k_{name}", training_figures(config, high, device, steps))
+    training_parts(args, device, record)
+    inference_parts(args, device, record)
     if "j" in args.parts:
         batch, levels, groups = (2, SMALL_LEVELS, 8) if args.small else (16, PAPER_LEVELS, 32)
-        record("j_group_norm", group_norm_figures(device, batch, levels, groups, steps, compile=True))
+        figures = group_norm_figures(device, batch, levels, groups, args.steps, compile=not args.small)
+        record("j_group_norm", figures)
     report(result, args.out)
 
 

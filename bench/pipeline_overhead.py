@@ -17,9 +17,9 @@ from bench_output import report
 from fmboost.config import FlowConfig, UNetConfig
 from fmboost.first_stage.diffusers_vae import SD_VAE_CONFIG, DiffusersVAE, read_architecture
 from fmboost.image_processing import resize_images
+from fmboost.inference.pipeline import FMBoostPipeline
 from fmboost.models import FMBoostModel
 from fmboost.noise_schedule import noise_augment
-from fmboost.pipeline import FMBoostPipeline
 
 
 def bare_calls(model: FMBoostModel, vae: DiffusersVAE, z_low: torch.Tensor, nfe: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from bench_output import report
 from device_timing import synchronize, timed_seconds
-from gpu_check import SMALL_MODEL, engine_step
+from shared_training import SMALL_MODEL, engine_step
 from torch.profiler import ProfilerActivity, profile
 
 from fmboost.config_loading import load_config

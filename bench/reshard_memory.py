@@ -4,9 +4,10 @@
     python bench/reshard_memory.py --small          # a 4 M-parameter model, any machine
 
 Two gloo ranks train a stack of linear layers for one step with DeepSpeed ZeRO-1 and save a checkpoint
-(each rank's partition of the fp32 masters and both Adam moments). Then, each in a fresh process,
-:func:`fmboost.training.resharding.consolidate` writes the state by parameter, and so does the baseline:
-every partition loaded whole and every parameter concatenated in memory (what FMBoost did before).
+(each rank's partition of the fp32 masters and both Adam moments). Then, one after the other in a fresh
+process, :func:`fmboost.training.resharding.consolidate` writes the state by parameter, and so does the
+baseline: every partition loaded whole and every parameter concatenated in memory (what FMBoost did
+before).
 A thread samples the process's anonymous resident memory (``RssAnon``: what the process itself holds;
 pages of memory-mapped files are the page cache's and can be dropped) every 5 ms; the peak above the
 level before the call is the figure. Both must write the same tensors.
@@ -110,8 +111,8 @@ def consolidate_in_memory(directory: Path, target: Path) -> None:
     save_file(tensors, str(target))
 
 
-def measure(method: str, checkpoint: Path, out: Path) -> None:
-    """One consolidation in this (fresh) process; prints its figures as JSON."""
+def measure(checkpoint: Path, folder: Path) -> None:
+    """Both consolidations in this (fresh) process, each measured from where it starts; prints JSON."""
     from fmboost.training.resharding import (
         consolidate,
         consolidated_folder,
@@ -121,16 +122,17 @@ def measure(method: str, checkpoint: Path, out: Path) -> None:
 
     deepspeed_safe_globals()  # imports DeepSpeed (and with it safetensors, numpy) before the measurement
     shutil.rmtree(consolidated_folder(checkpoint), ignore_errors=True)
-    if method == "streamed":
-        peak, seconds = peak_while(lambda: consolidate(checkpoint, "bench"))
-        shutil.copy(consolidated_path(checkpoint), out)
-    else:
-        peak, seconds = peak_while(lambda: consolidate_in_memory(checkpoint, out))
-    print(json.dumps({"peak_anonymous_bytes": peak, "seconds": round(seconds, 2)}))
+    figures = {}
+    peak, seconds = peak_while(lambda: consolidate(checkpoint, "bench"))  # first: the smaller peak
+    shutil.copy(consolidated_path(checkpoint), folder / "streamed.safetensors")
+    figures["streamed"] = {"peak_anonymous_bytes": peak, "seconds": round(seconds, 2)}
+    peak, seconds = peak_while(lambda: consolidate_in_memory(checkpoint, folder / "baseline.safetensors"))
+    figures["in_memory_baseline"] = {"peak_anonymous_bytes": peak, "seconds": round(seconds, 2)}
+    print(json.dumps(figures))
 
 
-def in_fresh_process(method: str, checkpoint: Path, out: Path) -> dict:
-    command = [sys.executable, __file__, "--measure", method, str(checkpoint), str(out)]
+def in_fresh_process(checkpoint: Path, folder: Path) -> dict:
+    command = [sys.executable, __file__, "--measure", str(checkpoint), str(folder)]
     finished = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
@@ -149,11 +151,10 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a 4 M-parameter model instead of 134 M")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/reshard_memory.json"))
-    parser.add_argument("--measure", nargs=3, metavar=("METHOD", "CHECKPOINT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=2, metavar=("CHECKPOINT", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        method, checkpoint, out = args.measure
-        measure(method, Path(checkpoint), Path(out))
+        measure(*map(Path, args.measure))
         return
     width, depth = (1024, 4) if args.small else (4096, 8)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
@@ -166,8 +167,8 @@ def main() -> None:
         checkpoint = Path(folder) / "step"
         parameters = sum(p.numel() for p in stacked_linears(width, 1).parameters()) * depth
         optimizer_bytes = sum(p.stat().st_size for p in checkpoint.glob("*optim_states.pt"))
-        streamed = in_fresh_process("streamed", checkpoint, Path(folder) / "streamed.safetensors")
-        baseline = in_fresh_process("in_memory", checkpoint, Path(folder) / "baseline.safetensors")
+        figures = in_fresh_process(checkpoint, Path(folder))
+        streamed, baseline = figures["streamed"], figures["in_memory_baseline"]
         identical = same_tensors(Path(folder) / "streamed.safetensors", Path(folder) / "baseline.safetensors")
     report(
         {

@@ -21,18 +21,16 @@ from bench_output import report
 
 from fmboost.config import MemoryBound
 from fmboost.image_processing import from_pil, resize_images
+from fmboost.inference.pipeline import FMBoostPipeline
 from fmboost.metrics import psnr, ssim
-from fmboost.pipeline import FMBoostPipeline
-
-HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
+from fmboost.sample_photos import HELD_OUT_PHOTOS, photo_directory
 
 
 def held_out_photo(name: str, multiple: int) -> torch.Tensor:
     """A held-out photo as a model image, cropped to a multiple of ``multiple``."""
-    import skimage.data
     from PIL import Image
 
-    image = Image.open(Path(skimage.data.__file__).parent / name).convert("RGB")
+    image = Image.open(photo_directory() / name).convert("RGB")
     width, height = (side - side % multiple for side in image.size)
     return from_pil(image.crop((0, 0, width, height)))
 
@@ -43,7 +41,7 @@ def boost_all(stage: str, tile: int, overlap: int, nfe: int | None) -> dict:
     pipeline = FMBoostPipeline.from_pretrained([stage], device="cpu", memory=memory)
     multiple = 2 * pipeline.first_stage.downsampling_factor * pipeline.stages[0].size_multiple
     outputs, seconds = {}, 0.0
-    for name in HELD_OUT_PHOTOS:
+    for name in sorted(HELD_OUT_PHOTOS):
         photo = held_out_photo(name, multiple)
         low = resize_images(photo, (photo.shape[-2] // 2, photo.shape[-1] // 2)).clamp(-1, 1)
         started = time.perf_counter()
@@ -86,7 +84,7 @@ def main() -> None:
     scratch = args.out.parent / "tiled_sampling_outputs"
     scratch.mkdir(parents=True, exist_ok=True)
     whole = run_variant(args, 0, scratch)
-    photos = {name: held_out_photo(name, 1) for name in HELD_OUT_PHOTOS}
+    photos = {name: held_out_photo(name, 1) for name in sorted(HELD_OUT_PHOTOS)}
 
     def versus_photo(outputs: dict) -> dict:
         pairs = [(outputs[n], photos[n][..., : outputs[n].shape[-2], : outputs[n].shape[-1]]) for n in photos]

@@ -31,6 +31,7 @@ from fmboost.atomic_files import write_json_atomically
 from fmboost.cli import freeze_heap_for_exit
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import FMBoostError
+from fmboost.run_folder import latest_checkpoint
 from fmboost.training.faults import FaultMonitor, Verdict
 from fmboost.training.watchdog import exit_after_fault
 
@@ -169,8 +170,6 @@ def requeue_after_fault(
 
 def requeue_or_say_why_not(run_dir: Path, job_id: str, verdict: Verdict, budget: int) -> str:
     """Requeue the job within the budget (counted first, confirmed after); returns what happened."""
-    from fmboost.training.checkpointing import latest_checkpoint
-
     try:
         last = latest_checkpoint(run_dir)
     except FMBoostError:

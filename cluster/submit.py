@@ -76,6 +76,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="submitit logs and pickles (default: RUN_DIR/submitit or OUTPUT/submitit)",
     )
+    add_requeue_arguments(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, print the resolved config and job parameters, submit nothing",
+    )
+    parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    return parser.parse_args(argv)
+
+
+def add_requeue_arguments(parser: argparse.ArgumentParser) -> None:
+    """When a training job checkpoints and requeues itself, and how often it may."""
     parser.add_argument(
         "--signal-delay",
         type=int,
@@ -109,13 +121,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the user's to fix) requeues itself without a new checkpoint in between before it gives up "
         "(default 3); a user error is never requeued",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate, print the resolved config and job parameters, submit nothing",
-    )
-    parser.add_argument("--wait", action="store_true", help="wait for the job and print its result")
-    return parser.parse_args(argv)
 
 
 def choose_backend(requested: str) -> str:

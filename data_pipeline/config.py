@@ -7,6 +7,7 @@ from data_pipeline.degradation import DegradationConfig, validate_degradation
 from fmboost.config import PRECISIONS, FirstStageConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
 from fmboost.first_stage import FIRST_STAGES
+from fmboost.task_split import validate_task_split
 
 PSU_VARIANTS = ("psu_roundtrip", "psu_pixel")
 CROPS = ("center", "random", "random_window")
@@ -78,14 +79,6 @@ def validate_encode_config(config: EncodeConfig) -> None:
     validate_task_split(config.task_index, config.num_tasks)
     if config.degradation is not None:
         validate_degradation(config.degradation)
-
-
-def validate_task_split(task_index: int | None, num_tasks: int | None) -> None:
-    """An explicit share of a sharded job: both keys or neither, and the index inside the count."""
-    if (task_index is None) != (num_tasks is None):
-        raise ConfigError("task_index and num_tasks: set both or neither")
-    if num_tasks is not None and not 0 <= task_index < num_tasks:
-        raise ConfigError(f"task_index: {task_index} is outside [0, {num_tasks})")
 
 
 def load_encode_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EncodeConfig:

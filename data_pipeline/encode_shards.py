@@ -33,9 +33,9 @@ from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.data import shards as schema
 from fmboost.devices import resolve_device
-from fmboost.distributed import task_share
 from fmboost.errors import ConfigError, FMBoostError
 from fmboost.first_stage import build_first_stage
+from fmboost.task_split import task_share
 
 logger = logging.getLogger("data_pipeline.encode_shards")
 

@@ -8,8 +8,8 @@ import torch
 from data_pipeline.preprocess import Reason
 from fmboost.devices import autocast_to, precision_dtype
 from fmboost.first_stage.base import FirstStage
+from fmboost.flow.upsampling import upsample_latents
 from fmboost.image_processing import from_uint8, resize_images
-from fmboost.upsampling import upsample_latents
 
 FLOAT16_MAX = 65504.0
 

@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.config import validate_task_split
 from fmboost.config import PRECISIONS, merge_layers, read_layers
 from fmboost.errors import ConfigError
-from fmboost.sampling import FIXED_STEP_EVALS, validate_solver
+from fmboost.flow.sampling import FIXED_STEP_EVALS, validate_solver
+from fmboost.task_split import validate_task_split
 
 
 @dataclass

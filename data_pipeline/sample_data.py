@@ -22,34 +22,13 @@ from pathlib import Path
 from PIL import Image
 
 from fmboost.atomic_files import atomic_path
+from fmboost.sample_photos import HELD_OUT_PHOTOS, PHOTOS, TRAINING_PHOTOS, photo_directory
 
 logger = logging.getLogger(__name__)
 
-TRAINING_PHOTOS = {
-    "astronaut.png": "a portrait of an astronaut in a white spacesuit in front of the American flag",
-    "hubble_deep_field.jpg": "galaxies in the Hubble deep field",
-    "ihc.png": "a microscope image of stained tissue",
-    "motorcycle_left.png": "a motorcycle in a workshop",
-    "motorcycle_right.png": "a red motorcycle parked indoors",
-    "retina.jpg": "a photograph of the retina of a human eye",
-    "camera.png": "a black and white photo of a man with a camera on a tripod",
-    "logo.png": "the scikit-image logo on a transparent background",
-}
-HELD_OUT_PHOTOS = {
-    "chelsea.png": "a ginger tabby cat looking to the side",
-    "coffee.png": "a cup of coffee on a saucer with a spoon",
-    "rocket.jpg": "a rocket on the launch pad under a blue sky",
-}
-PHOTOS = {**TRAINING_PHOTOS, **HELD_OUT_PHOTOS}
 NUM_SHARDS = 5
 SAMPLES_PER_SHARD = 24
 MIN_CROP = 256
-
-
-def photo_directory() -> Path:
-    import skimage.data
-
-    return Path(skimage.data.__file__).parent
 
 
 def crop_sample(photo: Image.Image, rng: random.Random) -> Image.Image:

@@ -38,13 +38,13 @@ from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, check_compatible, decode_sample, resolve_dataset
 from fmboost.data.streams import raw_samples
 from fmboost.devices import resolve_device, resolve_precision
-from fmboost.distributed import task_share
 from fmboost.errors import FMBoostError
+from fmboost.flow.sampling import solve_ode
 from fmboost.models import FMBoostModel
 from fmboost.models.fmboost_model import CONFIG_NAME, find_export
 from fmboost.objectives.flow_matching import FlowMatchingObjective
 from fmboost.randomness import keyed_seed
-from fmboost.sampling import solve_ode
+from fmboost.task_split import task_share
 
 logger = logging.getLogger("data_pipeline.teacher_pairs")
 

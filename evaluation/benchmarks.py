@@ -22,9 +22,9 @@ from evaluation.recorder import Recorder
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images, to_uint8
+from fmboost.inference.pipeline import FMBoostPipeline
+from fmboost.inference.upsampling_eval import Upsampled, baseline, ground_truth, low_res_preview, upsample
 from fmboost.models import FMBoostModel
-from fmboost.pipeline import FMBoostPipeline
-from fmboost.upsampling_eval import Upsampled, baseline, ground_truth, low_res_preview, upsample
 
 logger = logging.getLogger("evaluation.benchmarks")
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from fmboost.config import LoggingConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
-from fmboost.sampling import SOLVERS
-from fmboost.upsampling_eval import BASELINES
+from fmboost.flow.sampling import SOLVERS
+from fmboost.inference.upsampling_eval import BASELINES
 
 BENCHMARKS = ("upsampling", "zero_shot")
 METRICS = ("psnr", "ssim", "hf_ratio", "spectral_distance", "fid", "pfid_fmboost", "pfid_anyres", "clip")
@@ -34,8 +34,8 @@ class EvalRunConfig:
     ``models`` are FMBoost model directories, checkpoints or training runs (their latest checkpoint; by
     default the run ``make demo`` trains); for ``zero_shot`` they are the CFM
     stages, applied in order after ``base``. ``baselines`` need no model (see
-    :mod:`fmboost.upsampling_eval`): ``bicubic`` enlarges the decoded low-res image, ``context`` decodes
-    the model's upsampled context, ``latent_bilinear`` (an ablation) resizes the
+    :mod:`fmboost.inference.upsampling_eval`): ``bicubic`` enlarges the decoded low-res image,
+    ``context`` decodes the model's upsampled context, ``latent_bilinear`` (an ablation) resizes the
     low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise.
     """
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.config import EvalRunConfig
-from fmboost.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
+from fmboost.flow.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
 
 
 @dataclass(frozen=True)

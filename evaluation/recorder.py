@@ -13,8 +13,8 @@ from evaluation.features import FeatureExtractor
 from evaluation.parts import Part, Sums
 from evaluation.pfid import native_crops, paired_crops
 from fmboost.image_processing import from_uint8
+from fmboost.inference.upsampling_eval import score
 from fmboost.metrics import psnr
-from fmboost.upsampling_eval import score
 
 
 def diversity(samples: list[torch.Tensor]) -> torch.Tensor:

@@ -41,8 +41,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    present = [(key, title) for key, title in COLUMNS if any(row.get(key) is not None for row in rows)]
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    """A markdown table of ``rows`` with the ``columns`` (key, title) that some row has."""
+    present = [(key, title) for key, title in columns if any(row.get(key) is not None for row in rows)]
     lines = ["| " + " | ".join(title for _, title in present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(format_value(row.get(key)) for key, _ in present) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -96,79 +96,57 @@ def check_inputs(config: EvalRunConfig, preprocessing: dict) -> None:
         logger.info("low-res inputs degraded by the encoder (Real-ESRGAN model, seed %s)", seed)
 
 
-def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
-    """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
-    from evaluation.benchmarks import BENCHMARKS, Generators
-    from evaluation.entries import Entry, model_labels, sweep_entries
-    from evaluation.parts import merge_parts, result_rows, settings_digest
-    from evaluation.recorder import Recorder
-    from evaluation.report import write_results
-    from fmboost.config import to_flat_dict
-    from fmboost.devices import resolve_device
-    from fmboost.distributed import task_share
+def upsampling_generators(
+    config: EvalRunConfig, model_dirs: list[Path], labels: list[str], device, task, tasks
+):
+    """The upsampling benchmark's models, their data (this task's share) and their first stage."""
+    from evaluation.benchmarks import Generators
+    from evaluation.entries import sweep_entries
     from fmboost.first_stage import build_first_stage
-    from fmboost.image_processing import save_grid
-    from fmboost.inference_compile import compile_for_inference
-    from fmboost.models import FMBoostModel, find_export
-    from fmboost.pipeline import FMBoostPipeline
+    from fmboost.inference.compile import compile_for_inference
+    from fmboost.inference.upsampling_eval import validation_loader
+    from fmboost.models import FMBoostModel
+
+    models = {
+        label: FMBoostModel.from_pretrained(path, device)
+        for label, path in zip(labels, model_dirs, strict=True)
+    }
+    first_model = next(iter(models.values()), None)
+    upsampling = first_model.flow_config.upsampling if first_model is not None else None
+    loader, dataset = validation_loader(
+        config.data, upsampling or "psu_roundtrip", config.batch_size, task=task, num_tasks=tasks
+    )
+    generators = Generators(build_first_stage(dataset.manifest.first_stage).to(device), models)
+    for model in models.values():
+        model.check_first_stage(generators.first_stage)
+    if config.compile:
+        nets = [model.net for model in models.values()]
+        compile_for_inference(nets + generators.first_stage.autoencoder_modules(), device)
+    return loader, dataset, generators, sweep_entries(config, list(models))
+
+
+def zero_shot_generators(config: EvalRunConfig, model_dirs: list[Path], task: int, tasks: int):
+    """The zero-shot benchmark's cascade (a base LDM and the stages) and its prompts (this task's share)."""
+    from evaluation.benchmarks import Generators
+    from evaluation.entries import Entry, sweep_entries
+    from fmboost.inference.pipeline import FMBoostPipeline
+    from fmboost.inference.upsampling_eval import validation_loader
+
+    pipeline = FMBoostPipeline.from_pretrained(
+        model_dirs, base=config.base, device=config.device, compile=config.compile
+    )
+    upsampling = pipeline.stages[0].flow_config.upsampling
+    loader, dataset = validation_loader(
+        config.data, upsampling, config.batch_size, task=task, num_tasks=tasks
+    )
+    entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
+    return loader, dataset, Generators(pipeline.first_stage, pipeline=pipeline), entries
+
+
+def log_to_mlflow(config: EvalRunConfig, rows: list[dict], written: list[Path], results_dir: Path):
+    """The merged results as one MLflow run: the config, every metric by NFE, the tables and plots."""
+    from fmboost.config import to_flat_dict
     from fmboost.tracking import Tracker
-    from fmboost.upsampling_eval import validation_loader
-
-    results_dir = Path(config.results_dir)
-    check_writable(results_dir)
-    task, num_tasks = task_share(config.task_index, config.num_tasks)
-    device = resolve_device(config.device)
-    model_dirs = [find_export(path) for path in config.models]
-    extractor, clip, metrics = load_metric_models(config, device, extractor, clip)
-    labels = model_labels(config.models)
-
-    if config.benchmark == "upsampling":
-        models = {
-            label: FMBoostModel.from_pretrained(path, device)
-            for label, path in zip(labels, model_dirs, strict=True)
-        }
-        first_model = next(iter(models.values()), None)
-        upsampling = first_model.flow_config.upsampling if first_model is not None else None
-        loader, dataset = validation_loader(
-            config.data, upsampling or "psu_roundtrip", config.batch_size, task=task, num_tasks=num_tasks
-        )
-        generators = Generators(build_first_stage(dataset.manifest.first_stage).to(device), models)
-        for model in models.values():
-            model.check_first_stage(generators.first_stage)
-        if config.compile:
-            nets = [model.net for model in models.values()]
-            compile_for_inference(nets + generators.first_stage.autoencoder_modules(), device)
-        entries = sweep_entries(config, list(models))
-    else:
-        pipeline = FMBoostPipeline.from_pretrained(
-            model_dirs, base=config.base, device=config.device, compile=config.compile
-        )
-        loader, dataset = validation_loader(
-            config.data,
-            pipeline.stages[0].flow_config.upsampling,
-            config.batch_size,
-            task=task,
-            num_tasks=num_tasks,
-        )
-        generators = Generators(pipeline.first_stage, pipeline=pipeline)
-        entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
-    warn_if_fewer_images(config.num_images, dataset, config.data)
-    check_inputs(config, dataset.manifest.preprocessing)
-    recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key, num_tasks=num_tasks)
-    grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
-    for skipped in sorted(recorder.skipped_crops):
-        logger.warning("skipping %s: the images are smaller than the crop", skipped)
-
-    parts = results_dir / "parts" / settings_digest(config)
-    recorder.part.save(parts, task)
-    if task == 0:
-        save_grid(grid, results_dir / "samples_grid.png", rows=4)
-    merged = merge_parts(parts, num_tasks)
-    if merged is None:
-        logger.info("task %d/%d done; the last task merges the results", task, num_tasks)
-        return None
-    rows = result_rows(merged, entries)
-    written = write_results(rows, to_flat_dict(config), results_dir)
 
     tracker = Tracker(
         results_dir, config.logging.tracking_uri, config.logging.experiment, config.logging.run_name
@@ -186,6 +164,52 @@ def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
     if (results_dir / "samples_grid.png").is_file():
         tracker.log_artifact(results_dir / "samples_grid.png", "samples")
     tracker.finish()
+    return tracker
+
+
+def run(config: EvalRunConfig, extractor=None, clip=None) -> dict | None:
+    """Evaluate this task's share; returns the merged results once every task is done (else ``None``)."""
+    from evaluation.benchmarks import BENCHMARKS
+    from evaluation.entries import model_labels
+    from evaluation.parts import merge_parts, result_rows, settings_digest
+    from evaluation.recorder import Recorder
+    from evaluation.report import write_results
+    from fmboost.config import to_flat_dict
+    from fmboost.devices import resolve_device
+    from fmboost.image_processing import save_grid
+    from fmboost.models import find_export
+    from fmboost.task_split import task_share
+
+    results_dir = Path(config.results_dir)
+    check_writable(results_dir)
+    task, num_tasks = task_share(config.task_index, config.num_tasks)
+    device = resolve_device(config.device)
+    model_dirs = [find_export(path) for path in config.models]
+    extractor, clip, metrics = load_metric_models(config, device, extractor, clip)
+    if config.benchmark == "upsampling":
+        labels = model_labels(config.models)
+        loader, dataset, generators, entries = upsampling_generators(
+            config, model_dirs, labels, device, task, num_tasks
+        )
+    else:
+        loader, dataset, generators, entries = zero_shot_generators(config, model_dirs, task, num_tasks)
+    warn_if_fewer_images(config.num_images, dataset, config.data)
+    check_inputs(config, dataset.manifest.preprocessing)
+    recorder = Recorder(config, metrics, extractor, clip, first_key=entries[0].key, num_tasks=num_tasks)
+    grid = BENCHMARKS[config.benchmark](recorder, entries, generators, loader)
+    for skipped in sorted(recorder.skipped_crops):
+        logger.warning("skipping %s: the images are smaller than the crop", skipped)
+
+    parts = results_dir / "parts" / settings_digest(config)
+    recorder.part.save(parts, task)
+    if task == 0:
+        save_grid(grid, results_dir / "samples_grid.png", rows=4)
+    merged = merge_parts(parts, num_tasks)
+    if merged is None:
+        logger.info("task %d/%d done; the last task merges the results", task, num_tasks)
+        return None
+    rows = result_rows(merged, entries)
+    tracker = log_to_mlflow(config, rows, write_results(rows, to_flat_dict(config), results_dir), results_dir)
     return {
         "rows": rows,
         "results_dir": results_dir,

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "FMBoostModel": "fmboost.models",
-    "FMBoostPipeline": "fmboost.pipeline",
+    "FMBoostPipeline": "fmboost.inference.pipeline",
     "build_first_stage": "fmboost.first_stage",
     "load_config": "fmboost.config_loading",
     "FMBoostError": "fmboost.errors",
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from fmboost.config_loading import load_config
     from fmboost.errors import FMBoostError
     from fmboost.first_stage import build_first_stage
+    from fmboost.inference.pipeline import FMBoostPipeline
     from fmboost.models import FMBoostModel
-    from fmboost.pipeline import FMBoostPipeline
 
 
 def __getattr__(name: str) -> Any:

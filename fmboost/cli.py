@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: a user's mistake is one line on stderr and exit code 2.
+"""What every command-line entry point shares: a user's mistake is one line on stderr and exit code 2,
+and the flags every command that runs stages takes.
 
     @report_errors(flags={"base": "--base", "image": "--input-image"})
     def main(argv: list[str] | None = None) -> int: ...
@@ -7,12 +8,14 @@
 to know how a command spells them.
 """
 
+import argparse
 import functools
 import gc
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from fmboost.config import MemoryBound
 from fmboost.errors import FMBoostError
 
 Main = Callable[[list[str] | None], int]
@@ -56,3 +59,26 @@ def exit_without_collecting(code: int) -> NoReturn:
     """``sys.exit(code)`` for a command's ``__main__``, after :func:`freeze_heap_for_exit`."""
     freeze_heap_for_exit()
     sys.exit(code)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, as every command that runs stages takes them."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: bf16 on GPU, fp32 on CPU",
+    )
+
+
+def add_output_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-output-pixels``: results above it are refused before any work."""
+    bound = MemoryBound()
+    parser.add_argument(
+        "--max-output-pixels",
+        type=int,
+        default=bound.max_output_pixels,
+        help="refuse, before any work, results with more pixels than this; 0: no limit "
+        "(default: %(default)s)",
+    )

@@ -7,6 +7,7 @@ initialises DeepSpeed's communication layer on top of ``torch.distributed``.
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -49,26 +50,6 @@ class DistributedEnv:
         )
 
 
-def task_share(
-    task_index: int | None, num_tasks: int | None, environ: dict[str, str] | None = None
-) -> tuple[int, int]:
-    """``(index, count)`` of this process's share of a job split over tasks.
-
-    Explicit values win; else a Slurm array (times the tasks of each array job); else torchrun's
-    ``RANK``/``WORLD_SIZE``; else a multi-task Slurm job; else the whole job (0 of 1).
-    """
-    if num_tasks is not None:
-        return task_index, num_tasks
-    environ = os.environ if environ is None else environ
-    proc, ntasks = int(environ.get("SLURM_PROCID", 0)), int(environ.get("SLURM_NTASKS", 1))
-    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
-        array_index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-        return array_index * ntasks + proc, int(environ["SLURM_ARRAY_TASK_COUNT"]) * ntasks
-    if "WORLD_SIZE" in environ:
-        return int(environ.get("RANK", 0)), int(environ["WORLD_SIZE"])
-    return proc, ntasks
-
-
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank."""
     value = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -84,6 +65,27 @@ def device_for(env: DistributedEnv) -> torch.device:
     return torch.device("cpu")
 
 
+def import_deepspeed():
+    """DeepSpeed, imported without the MLflow import of its autotuner (which FMBoost never runs).
+
+    ``import deepspeed`` imports MLflow through ``deepspeed.autotuning``, 1.5 s of every process's start
+    on 2 CPU cores, paid by every rank of every job although only rank 0 logs (and imports MLflow when
+    it first does). The autotuner guards that import with ``try``, so MLflow is hidden from it while
+    DeepSpeed loads and is importable as usual after.
+    """
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # an import of it raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if hide:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def skip_shared_memory_all_reduce() -> None:
     """Keep DeepSpeed from compiling its CPU shared-memory all-reduce, which training never calls.
 
@@ -91,9 +93,7 @@ def skip_shared_memory_all_reduce() -> None:
     of g++ on a fresh machine, and it needs a compiler); only DeepSpeed's tensor-parallel *inference*
     all-reduce uses it, while training's collectives go through ``torch.distributed`` (gloo).
     """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    import_deepspeed().ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) -> str:
@@ -102,8 +102,7 @@ def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) 
     ``timeout_seconds`` bounds every collective (torch's defaults: 30 min for gloo, 10 for NCCL), so a
     collective that waits for a lost peer fails instead of holding the job.
     """
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     env.export()
     skip_shared_memory_all_reduce()

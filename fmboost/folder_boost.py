@@ -28,13 +28,13 @@ from tqdm import tqdm
 from fmboost.atomic_files import atomic_path, exclusive_lock, write_json_atomically
 from fmboost.config import PRECISIONS, FirstStageConfig, MemoryBound, merge_layers, read_layers
 from fmboost.devices import resolve_device, resolve_precision
-from fmboost.distributed import task_share
 from fmboost.errors import ConfigError, FMBoostError
+from fmboost.image_decoding import IMAGE_SUFFIXES
 from fmboost.randomness import keyed_seed
+from fmboost.task_split import task_share, validate_task_split
 
 logger = logging.getLogger("fmboost.folder_boost")
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 SUMMARY = "_boost_summary.json"
 TASK_PARTS = "_boost_tasks"
 BOOSTED, DONE_EARLIER, SKIPPED = "boosted", "done_earlier", "skipped"
@@ -87,8 +87,6 @@ class BoostFolderConfig:
 
 
 def validate_boost_config(config: BoostFolderConfig) -> None:
-    from data_pipeline.config import validate_task_split
-
     for key in ("input_dir", "output"):
         if not getattr(config, key):
             raise ConfigError(f"{key}: required (see fmboost-generate --help)")
@@ -168,7 +166,7 @@ def refuse_other_settings(recorded: dict[str, dict | None], root: Path, settings
 
 
 def build_pipeline(config: BoostFolderConfig):
-    from fmboost.pipeline import FMBoostPipeline
+    from fmboost.inference.pipeline import FMBoostPipeline
 
     first_stage = (
         FirstStageConfig(name=config.first_stage, path=config.first_stage_path)
@@ -183,9 +181,9 @@ def build_pipeline(config: BoostFolderConfig):
 
 def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFolderConfig) -> None:
     """Boost one image into ``root``; its output is written before its sidecar, both atomically."""
-    from fmboost.generate import sidecar
     from fmboost.image_processing import load_image
-    from fmboost.pipeline import one_or_per_stage
+    from fmboost.inference.pipeline import one_or_per_stage
+    from fmboost.inference.sidecar import sidecar
 
     image = load_image(source, pipeline.image_multiple)
     pipeline.check_image_size(image, entry.relative)

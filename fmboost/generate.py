@@ -16,41 +16,18 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from fmboost.cli import exit_without_collecting, report_errors
+from fmboost.cli import (
+    add_device_arguments,
+    add_output_limit_argument,
+    exit_without_collecting,
+    report_errors,
+)
 from fmboost.config import FirstStageConfig, MemoryBound
 from fmboost.errors import FMBoostError
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from fmboost.pipeline import PipelineOutput
+from fmboost.inference.sidecar import sidecar
 
 logger = logging.getLogger("fmboost.generate")
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--dtype``, as every command that runs stages takes them."""
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        help="auto: bf16 on GPU, fp32 on CPU",
-    )
-
-
-def add_output_limit_argument(parser: argparse.ArgumentParser) -> None:
-    """``--max-output-pixels``: results above it are refused before any work."""
-    bound = MemoryBound()
-    parser.add_argument(
-        "--max-output-pixels",
-        type=int,
-        default=bound.max_output_pixels,
-        help="refuse, before any work, results with more pixels than this; 0: no limit "
-        "(default: %(default)s)",
-    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,29 +116,6 @@ def batches(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def sidecar(
-    source: dict[str, str],
-    seed: int,
-    batch_size: int,
-    image: "Image.Image",
-    stages: list,
-    output: "PipelineOutput",
-    solver: Any,
-) -> dict[str, Any]:
-    """What a result's JSON sidecar records: its source (prompt or image), seed, size, stages, settings
-    and per-step timings. The app and folder boosting write the same one."""
-    return {
-        **source,
-        "seed": seed,
-        "batch_size": batch_size,
-        "size": list(image.size),
-        "stages": [str(stage) for stage in stages],
-        "nfe": output.nfe,
-        "solver": solver,
-        "timings_s": output.timings,
-    }
-
-
 def boost_input_dir(args: argparse.Namespace) -> list[Path]:
     """``--input-dir``: the folder job of :mod:`fmboost.folder_boost`, with this command's settings."""
     from fmboost.folder_boost import BOOSTED, BoostFolderConfig, boost_folder, validate_boost_config
@@ -198,7 +152,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     import torch
 
     from fmboost.image_processing import load_image
-    from fmboost.pipeline import FMBoostPipeline, one_or_per_stage
+    from fmboost.inference.pipeline import FMBoostPipeline, one_or_per_stage
 
     if args.batch_size < 1:
         raise FMBoostError("--batch-size must be positive")

@@ -12,6 +12,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The file suffixes taken for images wherever a folder is read (folder boosting, the app's examples,
+# an experiment's photos); decode_image reads each of these formats.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
 
 class DecodeFailure:
     """Reasons an image cannot be decoded, as recorded in encoding stats and manifests."""

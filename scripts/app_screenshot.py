@@ -9,11 +9,16 @@ saves the whole page.
 """
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from fmboost.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload
-from fmboost.cli import exit_without_collecting, report_errors
+# The browser is driven by the tests' own helper (tests/app_browser.py), which is test tooling and not
+# installed with the library: this script, run from anywhere, finds it in its checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fmboost.cli import exit_without_collecting, report_errors  # noqa: E402
+from tests.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -72,8 +72,14 @@ def first_window_per_photo(loader, rows: int) -> dict:
 def columns(results: Path, teacher_arm: str, student_arm: str, rows: int, seed: int) -> dict:
     """Every column's uint8 images for the first ``rows`` held-out windows, with their keys."""
     from fmboost.first_stage import build_first_stage
+    from fmboost.inference.upsampling_eval import (
+        baseline,
+        ground_truth,
+        low_res_preview,
+        upsample,
+        validation_loader,
+    )
     from fmboost.models import FMBoostModel
-    from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, upsample, validation_loader
 
     teacher = FMBoostModel.from_pretrained(results / "runs" / teacher_arm).eval()
     student = FMBoostModel.from_pretrained(results / "runs" / student_arm).eval()
@@ -101,7 +107,7 @@ def columns(results: Path, teacher_arm: str, student_arm: str, rows: int, seed: 
 
 
 def tile_metrics(images: torch.Tensor, truth: torch.Tensor, upscale: int) -> dict[str, list[float]]:
-    from fmboost.upsampling_eval import score
+    from fmboost.inference.upsampling_eval import score
 
     detail = detail_metrics(images, truth, upscale)
     return {

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fmboost.app import default_stages, example_images, parse_args
-from fmboost.app_boosting import Request, zoom
-from fmboost.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload
+from fmboost.app.boosting import Request, zoom
+from fmboost.app.page import default_stages, example_images, parse_args
 from fmboost.errors import FMBoostError
+from tests.app_browser import boost, choose_result, chromium_browser, open_page, serve, upload
 from tests.conftest import REPO_ROOT
 from tests.pipeline.test_folder_boost import save_photo
 from tests.pipeline.tiny_models import save_tiny_stage

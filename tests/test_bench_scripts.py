@@ -50,11 +50,7 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
     }
     comparison = result["f_model_level"]["batch_2"]
     assert comparison["ours_ms"] > 0 and comparison["reference_ms"] > 0
-    compiled = result["g_inference_1k_compiled_nchw"]["nfe"]
-    assert set(compiled) == {"2", "1"}
-    for figures in compiled.values():
-        assert figures["warmup_s"] > 0 and figures["context_s"] > 0
-        assert figures["per_evaluation_ms"] > 0 and figures["decode_per_image_s"] > 0
+    assert not any(key.startswith("g_") for key in result), "one compiled variant with --small: (b)'s"
     layouts = result["h_eager_layouts_1k"]
     for layout in ("nchw", "nhwc"):
         assert layouts[f"unet_bf16_{layout}_ms_per_evaluation"] > 0
@@ -86,12 +82,10 @@ def test_the_gpu_check_runs_at_small_size_and_reports_every_figure(tmp_path):
     group_norm = result["j_group_norm"]
     for level in ("32_channels_at_16²", "64_channels_at_8²"):
         assert set(group_norm[level]) == {
-            f"{variant}_{mode}_ms"
-            for variant in ("nchw", "nhwc_native", "nhwc_in_place")
-            for mode in ("eager", "compiled")
+            f"{variant}_eager_ms" for variant in ("nchw", "nhwc_native", "nhwc_in_place")
         }
         assert all(ms > 0 for ms in group_norm[level].values())
-    assert group_norm["nhwc_in_place_compiled_vs_nchw"] > 0
+    assert group_norm["nhwc_in_place_eager_vs_nchw"] > 0
 
 
 @pytest.mark.parametrize("mode", [[], ["--inference"]], ids=["training step", "sampling step"])

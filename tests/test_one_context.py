@@ -17,8 +17,8 @@ from fmboost.config import FlowConfig
 from fmboost.data import ValidationStream, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
 from fmboost.first_stage import build_first_stage
+from fmboost.inference.pipeline import FMBoostPipeline
 from fmboost.models import FMBoostModel
-from fmboost.pipeline import FMBoostPipeline
 from tests.conftest import REPO_ROOT, SHARED, photo, tiny_unet_config
 from tests.data_pipeline.builders import image_bytes, write_tar
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fmboost.errors import ConfigError
-from fmboost.sampling import is_valid_nfe, solve_ode
+from fmboost.flow.sampling import is_valid_nfe, solve_ode
 
 
 class CountingVelocity:

@@ -7,10 +7,11 @@ from PIL import Image
 from fmboost.config import FlowConfig, MemoryBound
 from fmboost.errors import FMBoostError
 from fmboost.first_stage.identity import IdentityFirstStage
+from fmboost.flow.tiled_sampling import TiledNet, validate_tiling
 from fmboost.generate import main
+from fmboost.inference.pipeline import FMBoostPipeline
 from fmboost.models import FMBoostModel
-from fmboost.pipeline import FMBoostPipeline
-from fmboost.tiled_sampling import TiledNet, blend_ramp, tile_starts, validate_tiling
+from fmboost.tiling import blend_ramp, tile_starts
 from tests.conftest import photo, tiny_unet_config
 
 

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from fmboost.errors import ConfigError
 from fmboost.first_stage.identity import IdentityFirstStage
+from fmboost.flow.upsampling import UPSAMPLERS, upsample_latents
 from fmboost.image_processing import resize_images
-from fmboost.upsampling import UPSAMPLERS, upsample_latents
 from tests.conftest import photo
 
 

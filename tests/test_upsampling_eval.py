@@ -7,8 +7,8 @@ import torch
 from fmboost.config import FlowConfig
 from fmboost.first_stage.identity import IdentityFirstStage
 from fmboost.image_processing import to_uint8
+from fmboost.inference.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
 from fmboost.models import FMBoostModel
-from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
 from tests.conftest import tiny_unet_config
 
 

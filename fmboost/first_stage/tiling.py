@@ -10,24 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets that cover ``[0, length)`` with tiles of ``tile``; the last tile ends at ``length``."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
-
-
-def blend_ramp(size: int, overlap: int, at_start: bool, at_end: bool, device: torch.device) -> torch.Tensor:
-    """1-D weights: linear ramps over ``overlap`` on sides that touch another tile, flat elsewhere."""
-    weights = torch.ones(size, device=device)
-    ramp = torch.linspace(0.0, 1.0, overlap + 2, device=device)[1:-1]
-    if overlap > 0 and not at_start:
-        weights[:overlap] = ramp
-    if overlap > 0 and not at_end:
-        weights[size - overlap :] = ramp.flip(0)
-    return weights
+from fmboost.tiling import blend_ramp, tile_starts
 
 
 def apply_tiled(
@@ -48,8 +31,8 @@ def apply_tiled(
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must lie in [0, tile), got overlap={overlap}, tile={tile}")
     _, _, height, width = x.shape
-    rows = tile_starts(height, tile, tile - overlap)
-    cols = tile_starts(width, tile, tile - overlap)
+    rows = tile_starts(height, tile, overlap)
+    cols = tile_starts(width, tile, overlap)
     out_overlap = round(overlap * scale)
     output: torch.Tensor | None = None
     total_weight: torch.Tensor | None = None
@@ -62,9 +45,10 @@ def apply_tiled(
                 total_weight = torch.zeros(out_shape[-2:], device=piece.device, dtype=torch.float32)
             out_top, out_left = round(top * scale), round(left * scale)
             ph, pw = piece.shape[-2:]
+            # ramps only where a neighbour overlaps: the image's own edges keep full weight
             weight = (
-                blend_ramp(ph, out_overlap, top == rows[0], top == rows[-1], piece.device)[:, None]
-                * (blend_ramp(pw, out_overlap, left == cols[0], left == cols[-1], piece.device)[None, :])
+                blend_ramp(ph, out_overlap, top != rows[0], top != rows[-1], piece.device)[:, None]
+                * (blend_ramp(pw, out_overlap, left != cols[0], left != cols[-1], piece.device)[None, :])
             )
             output[:, :, out_top : out_top + ph, out_left : out_left + pw] += piece.float() * weight
             total_weight[out_top : out_top + ph, out_left : out_left + pw] += weight

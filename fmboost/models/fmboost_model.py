@@ -25,11 +25,12 @@ from fmboost.atomic_files import atomic_path, write_json_atomically
 from fmboost.config import FirstStageConfig, FlowConfig, FMBoostConfig, UNetConfig, merge_layers
 from fmboost.errors import WeightsError
 from fmboost.first_stage.base import FirstStage
+from fmboost.flow.sampling import ODESolution, ReportingNet
+from fmboost.flow.tiled_sampling import TiledNet
+from fmboost.flow.upsampling import upsample_latents
 from fmboost.models.unet import UNet, validate_unet
 from fmboost.objectives import build_objective, validate_flow
-from fmboost.sampling import ODESolution, ReportingNet
-from fmboost.tiled_sampling import TiledNet
-from fmboost.upsampling import upsample_latents
+from fmboost.run_folder import EXPORT_DIR, latest_checkpoint
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -57,8 +58,6 @@ def upgrade_model_section(model: dict[str, Any], version: int) -> dict[str, Any]
 def find_export(path: str | Path) -> Path:
     """The model directory ``path`` names: itself (``save_pretrained`` output), a checkpoint's ``export/``,
     or the export of a training run's latest complete checkpoint."""
-    from fmboost.training.checkpointing import EXPORT_DIR, latest_checkpoint
-
     directory = Path(path).expanduser()
     if not directory.exists():
         raise WeightsError(f"{directory} does not exist")
@@ -176,7 +175,7 @@ class FMBoostModel(nn.Module):
         """Integrate from the prepared context; solver settings default to the model's ``flow`` config.
 
         With ``tile_size``, the network is evaluated in overlapping tiles of at most that many latent
-        positions per side (:class:`~fmboost.tiled_sampling.TiledNet`), bounding memory for large inputs.
+        positions per side (:class:`~fmboost.flow.tiled_sampling.TiledNet`), bounding memory for large inputs.
         ``on_evaluation`` is called before every evaluation of the field (all its tiles), for progress.
         """
         flow = self.flow_config

@@ -8,14 +8,14 @@
 """
 
 from fmboost.config import FlowConfig, UNetConfig, require
+from fmboost.flow.sampling import validate_solver
+from fmboost.flow.upsampling import UPSAMPLERS
 from fmboost.noise_schedule import NUM_STEPS
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
 from fmboost.objectives.diffusion import ConditionalDiffusion
 from fmboost.objectives.distillation import STUDENT_OBJECTIVES, Reflow, Shortcut, validate_student
 from fmboost.objectives.flow_matching import CouplingFlowMatching, NaiveFlowMatching
 from fmboost.objectives.regression import L1Regression, L2Regression
-from fmboost.sampling import validate_solver
-from fmboost.upsampling import UPSAMPLERS
 
 
 def build_objective(flow: FlowConfig) -> Objective:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 import torch
 
 from fmboost.config import FlowConfig
+from fmboost.flow.sampling import ODESolution
 from fmboost.registry import Registry
-from fmboost.sampling import ODESolution
 
 VelocityNet = Callable[..., torch.Tensor]
 """The network ``net(input, t)``; ``input`` already holds any concatenated context, ``t`` is [B] in [0, 1].
@@ -53,4 +53,4 @@ class Objective(ABC):
         generator: torch.Generator | None = None,
         **solver_options,
     ) -> ODESolution:
-        """High-res latent predicted from ``z_up``; options go to :func:`fmboost.sampling.solve_ode`."""
+        """High-res latent predicted from ``z_up``; options go to :func:`fmboost.flow.sampling.solve_ode`."""

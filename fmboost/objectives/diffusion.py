@@ -17,10 +17,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fmboost.flow.sampling import ODESolution
 from fmboost.noise_schedule import NUM_STEPS, alpha_bar
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
 from fmboost.randomness import randint, randn_like
-from fmboost.sampling import ODESolution
 
 ALPHA_BARS = torch.tensor([alpha_bar(k) for k in range(NUM_STEPS)], dtype=torch.float64)
 

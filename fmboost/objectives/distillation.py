@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from fmboost.config import FlowConfig, require
 from fmboost.errors import ConfigError, FMBoostError
+from fmboost.flow.sampling import ODESolution, solve_ode
 from fmboost.objectives.base import OBJECTIVES, VelocityNet
 from fmboost.objectives.flow_matching import CouplingFlowMatching, interpolate, target_velocity
 from fmboost.randomness import rand_uniform, randint
-from fmboost.sampling import ODESolution, solve_ode
 
 STUDENT_OBJECTIVES = ("reflow", "shortcut")
 

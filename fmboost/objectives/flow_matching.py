@@ -17,10 +17,10 @@ from abc import abstractmethod
 import torch
 import torch.nn.functional as F
 
+from fmboost.flow.sampling import ODESolution, solve_ode
 from fmboost.noise_schedule import noise_augment
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
 from fmboost.randomness import rand_uniform, randn_like
-from fmboost.sampling import ODESolution, solve_ode
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

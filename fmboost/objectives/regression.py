@@ -5,8 +5,8 @@ from abc import abstractmethod
 import torch
 import torch.nn.functional as F
 
+from fmboost.flow.sampling import ODESolution
 from fmboost.objectives.base import OBJECTIVES, Objective, VelocityNet
-from fmboost.sampling import ODESolution
 
 
 class RegressionObjective(Objective):

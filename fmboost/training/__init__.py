@@ -10,7 +10,7 @@ from fmboost.config import PRECISIONS, FMBoostConfig, require
 
 def validate_training(config: FMBoostConfig) -> None:
     """The ``train``, ``data`` and ``eval`` (periodic validation) sections."""
-    from fmboost.sampling import validate_solver
+    from fmboost.flow.sampling import validate_solver
 
     train = config.train
     require(train.precision in PRECISIONS, "train.precision", f"choose one of {', '.join(PRECISIONS)}")

@@ -3,7 +3,7 @@
 A node that dies while writing to a shared file system, or a quota that is hit, can leave a checkpoint
 marked complete whose files are short, empty or gone. ``MANIFEST.json`` lists every file of the
 checkpoint with its size and CRC-32, each rank describing the files it wrote; :func:`problems` compares
-a checkpoint with its manifest, every rank checking the sizes of all files and the checksums of its
+a checkpoint with its file list, every rank checking the sizes of all files and the checksums of its
 share of them, so a broken checkpoint is found before DeepSpeed or safetensors trip over it.
 
 CRC-32 runs at about 2 GB/s on one core, several times faster than the checkpoint is written
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fmboost.atomic_files import fsync_directory, write_json_atomically
 
-MANIFEST = "MANIFEST.json"
+FILE_LIST = "MANIFEST.json"
 CHUNK_BYTES = 8 * 1024**2
 RANK_OWNED = re.compile(r"(?:zero_pp_rank_|rng_rank)(\d+)")
 
@@ -54,7 +54,7 @@ def describe_files(
     described = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory).as_posix()
-        if relative != MANIFEST and (owned is None or owned(relative)):
+        if relative != FILE_LIST and (owned is None or owned(relative)):
             described[relative] = {"bytes": path.stat().st_size, "crc32": crc32_of(path, sync=True)}
     return described
 
@@ -71,16 +71,16 @@ def sync_folders(directory: Path) -> None:
     fsync_directory(directory)
 
 
-def write_manifest(directory: Path, files: dict[str, dict[str, int | str]], **extra: object) -> None:
+def write_file_list(directory: Path, files: dict[str, dict[str, int | str]], **extra: object) -> None:
     """``MANIFEST.json`` (atomically, fsynced): the file list, and any ``extra`` top-level entries."""
-    write_json_atomically(directory / MANIFEST, {"files": files, **extra})
+    write_json_atomically(directory / FILE_LIST, {"files": files, **extra})
 
 
-def read_manifest_record(directory: Path) -> dict | None:
-    """The whole manifest; ``None`` for a checkpoint written before manifests existed.
+def read_file_list_record(directory: Path) -> dict | None:
+    """The whole file list; ``None`` for a checkpoint written before file lists existed.
 
-    Raises ``ValueError`` for a manifest without a file list, ``OSError`` for one that cannot be read."""
-    path = directory / MANIFEST
+    Raises ``ValueError`` for one without its ``files``, ``OSError`` for one that cannot be read."""
+    path = directory / FILE_LIST
     if not path.is_file():
         return None
     try:
@@ -91,9 +91,9 @@ def read_manifest_record(directory: Path) -> dict | None:
     return record
 
 
-def read_manifest(directory: Path) -> dict[str, dict[str, int | str]] | None:
-    """The files a checkpoint should hold; ``None`` for one written before manifests existed."""
-    record = read_manifest_record(directory)
+def read_file_list(directory: Path) -> dict[str, dict[str, int | str]] | None:
+    """The files a checkpoint should hold; ``None`` for one written before file lists existed."""
+    record = read_file_list_record(directory)
     return None if record is None else record["files"]
 
 
@@ -103,15 +103,15 @@ def unreadable(path: Path, error: OSError) -> str:
 
 def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
     """What is wrong with ``directory`` (empty if it checks out): every file's size, and the checksums
-    of this rank's share of the files (``files[rank::world_size]``), against its manifest."""
+    of this rank's share of the files (``files[rank::world_size]``), against its file list."""
     if not directory.is_dir():
         return [f"{directory} does not exist"]
     try:
-        files = read_manifest(directory)
+        files = read_file_list(directory)
     except ValueError:
-        return [f"{directory / MANIFEST} is unreadable"]
+        return [f"{directory / FILE_LIST} is unreadable"]
     except OSError as error:
-        return [unreadable(directory / MANIFEST, error)]
+        return [unreadable(directory / FILE_LIST, error)]
     if files is None:
         return []
     found = []
@@ -125,7 +125,7 @@ def problems(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
 
 
 def file_problems(path: Path, expected: dict, check_content: bool) -> list[str]:
-    """What is wrong with one file against its manifest entry (its CRC-32 only if ``check_content``)."""
+    """What is wrong with one file against its entry in the list (its CRC-32 only if ``check_content``)."""
     if not path.is_file():
         return [f"{path} is missing"]
     size = path.stat().st_size

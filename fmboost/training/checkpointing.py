@@ -12,11 +12,11 @@ Layout under ``RUN/checkpoints/``::
         COMPLETE              written last by rank 0, once every rank has finished
     step_00000100-consolidated/  the ZeRO optimizer state by parameter, written when a job resumes
                               this checkpoint on another number of ranks (:mod:`.resharding`)
-    broken_step_00000200/     a checkpoint that failed its manifest check, set aside (:mod:`.resume`)
+    broken_step_00000200/     a checkpoint that failed its check, set aside (:mod:`.resume`)
     latest                    the tag of the last COMPLETE checkpoint, replaced atomically
 
 Durability: each rank fsyncs the files it wrote while it describes them; rank 0 then fsyncs the
-checkpoint's folders, writes the manifest and ``COMPLETE`` atomically (each fsynced with its folder),
+checkpoint's folders, writes the file list and ``COMPLETE`` atomically (each fsynced with its folder),
 moves ``latest``, and only then prunes older checkpoints. A power loss at any point leaves ``latest``
 naming a checkpoint whose every file is on disk.
 
@@ -41,7 +41,16 @@ from safetensors.torch import load_file, save_file
 from fmboost.atomic_files import fsync_directory, write_text_atomically
 from fmboost.distributed import all_ranks_agree
 from fmboost.errors import FMBoostError
-from fmboost.training.checkpoint_files import describe_own_files, sync_folders, write_manifest
+from fmboost.run_folder import (
+    COMPLETE,
+    EXPORT_DIR,
+    LATEST,
+    checkpoint_root,
+    complete_checkpoints,
+    latest_checkpoint,
+    tag_for,
+)
+from fmboost.training.checkpoint_files import describe_own_files, sync_folders, write_file_list
 from fmboost.training.resharding import (
     consolidated_folder,
     ensure_consolidated,
@@ -51,12 +60,8 @@ from fmboost.training.resharding import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST = "latest"
-COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
-EXPORT_DIR = "export"
 DISK_FULL_BYTES = 16 * 1024**2  # below this much free space, a failed write is taken for a full disk
 
 
@@ -77,25 +82,6 @@ class TrainerState:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The last complete checkpoint, or ``None``; a pointer to an incomplete one is an error."""
-    pointer = checkpoint_root(run_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    directory = checkpoint_root(run_dir) / pointer.read_text().strip()
-    if not (directory / COMPLETE).is_file():
-        raise FMBoostError(f"{pointer} names {directory.name}, which is not a complete checkpoint")
-    return directory
 
 
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -156,13 +142,8 @@ def load_ema_state(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / EMA_FILE))
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Every complete checkpoint of a run, oldest first."""
-    return sorted(p for p in checkpoint_root(run_dir).glob("step_*") if (p / COMPLETE).is_file())
-
-
 def mark_complete(run_dir: Path, directory: Path, keep: int) -> None:
-    """Declare ``directory`` (whose files and manifest are durable) complete, point ``latest`` at it, and
+    """Declare ``directory`` (whose files and file list are durable) complete, point ``latest`` at it, and
     only then prune older checkpoints: each step is fsynced with its folder before the next."""
     write_text_atomically(directory / COMPLETE, "")
     pointer = checkpoint_root(run_dir) / LATEST
@@ -300,7 +281,7 @@ class Checkpointer:
         dist.all_gather_object(described, own_files)
         if self.is_main:
             sync_folders(directory)
-            write_manifest(directory, {name: entry for files in described for name, entry in files.items()})
+            write_file_list(directory, {name: entry for files in described for name, entry in files.items()})
             mark_complete(self.run_dir, directory, self.keep)
         dist.barrier()
         return directory

@@ -5,11 +5,11 @@ import copy
 import logging
 from typing import Any
 
-import deepspeed
 import torch
 
 from fmboost.config import FMBoostConfig
 from fmboost.devices import precision_dtype, resolve_precision
+from fmboost.distributed import import_deepspeed
 from fmboost.errors import ConfigError
 from fmboost.training.hot_loop import apply_throughput_options
 
@@ -156,7 +156,7 @@ def build_engine(
         if advice:
             logger.warning(advice)
     optimizer = build_optimizer(model, config)
-    engine, _, _, scheduler = deepspeed.initialize(
+    engine, _, _, scheduler = import_deepspeed().initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=warmup_schedule(optimizer, config.train.warmup_steps),

@@ -15,7 +15,7 @@ concatenated alone. So rank 0's own memory grows by about the largest parameter'
 optimizer state (``bench/reshard_memory.py`` measures it).
 
 **Bound to its checkpoint.** The consolidated folder has a ``MANIFEST.json`` of its own (the file's size
-and CRC-32) that also names its source: the checkpoint, the CRC-32 of that checkpoint's manifest and the
+and CRC-32) that also names its source: the checkpoint, the CRC-32 of that checkpoint's file list and the
 run's identity. Before a resize uses it, it is checked against all three; a stale one (the checkpoint
 was rewritten, another run in the same folder) or a damaged one is rebuilt. It is written in a hidden
 staging folder, fsynced, and renamed into place, so a partial one is never seen.
@@ -44,16 +44,17 @@ import torch
 from safetensors import TensorSpec, safe_open, serialize_file
 
 from fmboost.atomic_files import fsync_directory
+from fmboost.distributed import import_deepspeed
 from fmboost.errors import FMBoostError
 from fmboost.training.checkpoint_files import (
-    MANIFEST,
+    FILE_LIST,
     crc32_of,
     describe_files,
     problems,
-    read_manifest_record,
+    read_file_list_record,
     sync_folders,
     unreadable,
-    write_manifest,
+    write_file_list,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def consolidated_path(directory: Path) -> Path:
 
 def deepspeed_safe_globals() -> list[type]:
     """The DeepSpeed classes a ZeRO optimizer file holds besides tensors, allowed by name and nothing else."""
+    import_deepspeed()
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -97,11 +99,11 @@ def read_shard(path: Path, mmap: bool = False) -> dict:
 
 
 def source_of(directory: Path, run_id: str) -> dict[str, str | None]:
-    """What a consolidated state is bound to: its checkpoint, that checkpoint's manifest, the run."""
-    manifest = directory / MANIFEST
+    """What a consolidated state is bound to: its checkpoint, that checkpoint's file list, the run."""
+    file_list = directory / FILE_LIST
     return {
         "checkpoint": directory.name,
-        "manifest_crc32": crc32_of(manifest) if manifest.is_file() else None,
+        "file_list_crc32": crc32_of(file_list) if file_list.is_file() else None,
         "run_id": run_id,
     }
 
@@ -112,14 +114,14 @@ def consolidated_problems(directory: Path, run_id: str) -> list[str]:
     if not folder.is_dir():
         return [f"{folder} does not exist"]
     try:
-        record = read_manifest_record(folder)
+        record = read_file_list_record(folder)
         source = source_of(directory, run_id)
     except ValueError:
-        return [f"{folder / MANIFEST} is unreadable"]
+        return [f"{folder / FILE_LIST} is unreadable"]
     except OSError as error:
         return [unreadable(folder, error)]
     if record is None:
-        return [f"{folder} has no manifest (written before consolidated states were bound to checkpoints)"]
+        return [f"{folder} has no file list (written before consolidated states were bound to checkpoints)"]
     if record.get("source") != source:
         return [f"{folder} was made from another checkpoint or run ({record.get('source')}, not {source})"]
     return problems(folder)
@@ -210,7 +212,7 @@ def consolidate(directory: Path, run_id: str) -> Path:
     serialize_file(specs, str(staging / CONSOLIDATED_FILE), metadata=metadata)
     alive.clear()  # the memory maps of the partition files can close now
     shards.clear()
-    write_manifest(staging, describe_files(staging), source=source_of(directory, run_id))
+    write_file_list(staging, describe_files(staging), source=source_of(directory, run_id))
     sync_folders(staging)
     shutil.rmtree(folder, ignore_errors=True)  # a stale or damaged one
     staging.replace(folder)

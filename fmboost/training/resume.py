@@ -3,7 +3,7 @@
 **Fallback.** ``train.resume=auto`` tries the complete checkpoints newest first (the one ``latest``
 names, then older ones). Rank 0 lists them and sends its list to every rank, so that ranks whose view
 of a shared file system lags (attribute caching) still try the same ones in the same order. Every rank
-checks each against its manifest (:mod:`fmboost.training.checkpoint_files`) and all ranks take the union
+checks each against its file list (:mod:`fmboost.training.checkpoint_files`) and all ranks take the union
 of what they found, so they agree and load the same one. A broken checkpoint is named with what is wrong
 with it; once an older one checks out, the broken ones are renamed ``broken_step_N`` (never deleted,
 never tried again) and ``latest`` points at the good one. When none checks out nothing is renamed and the
@@ -23,8 +23,8 @@ import torch
 
 from fmboost.atomic_files import write_text_atomically
 from fmboost.errors import FMBoostError
+from fmboost.run_folder import LATEST, checkpoint_root, complete_checkpoints
 from fmboost.training.checkpoint_files import problems
-from fmboost.training.checkpointing import LATEST, checkpoint_root, complete_checkpoints
 
 logger = logging.getLogger(__name__)
 BROKEN_PREFIX = "broken_"

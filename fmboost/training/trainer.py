@@ -36,12 +36,11 @@ from fmboost.distributed import DistributedEnv, all_ranks_agree, device_for, ini
 from fmboost.first_stage import build_first_stage
 from fmboost.models import EMA, FMBoostModel
 from fmboost.objectives import STUDENT_OBJECTIVES
+from fmboost.run_folder import EXPORT_DIR, latest_checkpoint
 from fmboost.tracking import Tracker
 from fmboost.training.checkpointing import (
-    EXPORT_DIR,
     Checkpointer,
     TrainerState,
-    latest_checkpoint,
     load_trainer_state,
     new_run_id,
     saved_world_size,

@@ -5,7 +5,7 @@ validation shards are pairs too), PSNR/SSIM of the decoded CFM output against th
 (the stored images when the shards have them, else the decoded high-res latents), the same for the
 honest baselines (``bicubic``: the decoded low-res image enlarged; ``context``: the decoded upsampled
 context), and a grid with rows of (low-res | bicubic | CFM | ground truth).
-The steps are :mod:`fmboost.upsampling_eval`'s, shared with ``evaluation/run_benchmarks.py``.
+The steps are :mod:`fmboost.inference.upsampling_eval`'s, shared with ``evaluation/run_benchmarks.py``.
 """
 
 from pathlib import Path
@@ -15,8 +15,8 @@ import torch
 from fmboost.config import EvalConfig
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import save_grid
+from fmboost.inference.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
 from fmboost.models import FMBoostModel
-from fmboost.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
 
 VALIDATION_BASELINES = ("bicubic", "context")
 

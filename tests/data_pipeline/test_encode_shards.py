@@ -18,8 +18,8 @@ from data_pipeline.preprocess import Reason
 from fmboost.config import FirstStageConfig
 from fmboost.data import shards as schema
 from fmboost.data.shards import Manifest
-from fmboost.distributed import task_share
 from fmboost.errors import FMBoostError
+from fmboost.task_split import task_share
 from tests.conftest import REPO_ROOT, psnr
 from tests.data_pipeline.builders import (
     good_sample,

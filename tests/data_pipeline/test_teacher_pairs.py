@@ -19,10 +19,10 @@ from fmboost.data import shards as schema
 from fmboost.data.dataset import SampleTransform, decode_sample
 from fmboost.data.streams import raw_samples
 from fmboost.errors import ConfigError
+from fmboost.flow.sampling import solve_ode
 from fmboost.models import FMBoostModel
 from fmboost.noise_schedule import noise_augment
 from fmboost.randomness import keyed_seed
-from fmboost.sampling import solve_ode
 from tests.conftest import REPO_ROOT
 from tests.pipeline.tiny_models import save_tiny_stage
 from tests.training.helpers import build_latents

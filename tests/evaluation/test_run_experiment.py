@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from evaluation.experiment_config import load_experiment_config
+from evaluation.experiment.config import load_experiment_config
 from evaluation.run_experiment import main
 from fmboost.errors import ConfigError
 from tests.conftest import REPO_ROOT, photo

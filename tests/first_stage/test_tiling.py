@@ -2,17 +2,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmboost.first_stage.tiling import apply_tiled, blend_ramp, tile_starts
+from fmboost.first_stage.tiling import apply_tiled
+from fmboost.tiling import blend_ramp, tile_starts
 
 
 def test_tiles_cover_the_whole_axis_and_the_last_one_ends_at_the_border():
-    assert tile_starts(100, 32, 24) == [0, 24, 48, 68]
-    assert tile_starts(32, 32, 24) == [0]
-    assert tile_starts(20, 32, 24) == [0]
+    assert tile_starts(100, 32, 8) == [0, 24, 48, 68]
+    assert tile_starts(32, 32, 8) == [0]
+    assert tile_starts(20, 32, 8) == [0]
 
 
 def test_blend_weights_ramp_only_towards_neighbouring_tiles():
-    weights = blend_ramp(8, 3, at_start=True, at_end=False, device=torch.device("cpu"))
+    weights = blend_ramp(8, 3, ramp_start=False, ramp_end=True, device=torch.device("cpu"))
     torch.testing.assert_close(weights, torch.tensor([1, 1, 1, 1, 1, 0.75, 0.5, 0.25]))
 
 

@@ -7,9 +7,9 @@ import torch
 
 from fmboost.config import FlowConfig, UNetConfig
 from fmboost.errors import ConfigError, FMBoostError
+from fmboost.flow.sampling import solve_ode
 from fmboost.models import FMBoostModel
 from fmboost.objectives import Reflow, Shortcut, validate_flow
-from fmboost.sampling import solve_ode
 from tests.conftest import tiny_unet_config
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fmboost.generate import main
-from fmboost.pipeline import FMBoostPipeline
+from fmboost.inference.pipeline import FMBoostPipeline
 from tests.conftest import photo
 from tests.pipeline.tiny_models import save_tiny_stage
 

@@ -10,8 +10,8 @@ from fmboost.config import FirstStageConfig
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage.diffusers_vae import DiffusersVAE
 from fmboost.generate import main
+from fmboost.inference.pipeline import FMBoostPipeline
 from fmboost.models import FMBoostModel
-from fmboost.pipeline import FMBoostPipeline
 from tests.conftest import photo
 from tests.pipeline.tiny_models import save_tiny_stable_diffusion, save_tiny_stage
 

@@ -12,7 +12,7 @@ import pytest
 from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
 from fmboost.errors import ConfigError
-from fmboost.training.checkpoint_files import MANIFEST, problems
+from fmboost.training.checkpoint_files import FILE_LIST, problems
 from fmboost.training.trainer import train
 from tests.conftest import REPO_ROOT, free_port
 from tests.training.helpers import build_latents, run_on_two_ranks, training_overrides
@@ -47,9 +47,9 @@ def checkpoint_files(directory) -> dict[str, int]:
 
 def test_every_file_of_a_checkpoint_is_in_its_manifest_with_its_size(trained):
     directory = trained / "checkpoints" / "step_00000004"
-    manifest = json.loads((directory / MANIFEST).read_text())["files"]
+    manifest = json.loads((directory / FILE_LIST).read_text())["files"]
     on_disk = checkpoint_files(directory)
-    on_disk.pop(MANIFEST), on_disk.pop("COMPLETE")  # the manifest, then the mark, are written after it
+    on_disk.pop(FILE_LIST), on_disk.pop("COMPLETE")  # the manifest, then the mark, are written after it
     assert {name: entry["bytes"] for name, entry in manifest.items()} == on_disk
     assert {
         "mp_rank_00_model_states.pt",
@@ -79,7 +79,7 @@ def unreadable(path):
     own memory at address 0. Its manifest entry says 0 bytes, so that only reading it can tell."""
     path.unlink()
     path.symlink_to("/proc/self/mem")
-    manifest = path.parent / MANIFEST
+    manifest = path.parent / FILE_LIST
     if path != manifest and manifest.is_file():
         record = json.loads(manifest.read_text())
         record["files"][path.name]["bytes"] = 0
@@ -87,7 +87,7 @@ def unreadable(path):
 
 
 FAULTS = {
-    "unreadable manifest": (MANIFEST, unreadable, "could not be read (Input/output error)"),
+    "unreadable manifest": (FILE_LIST, unreadable, "could not be read (Input/output error)"),
     "truncated": ("mp_rank_00_model_states.pt", truncate, "is truncated"),
     "zero-byte": ("ema.safetensors", empty, "is empty"),
     "missing": ("zero_pp_rank_0_mp_rank_00_optim_states.pt", lambda path: path.unlink(), "is missing"),
@@ -158,7 +158,7 @@ def test_two_ranks_agree_on_faults_only_one_of_them_reads(tmp_path, latents, tra
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
     directory = run_dir / "checkpoints" / "step_00000004"
-    names = sorted(json.loads((directory / MANIFEST).read_text())["files"])
+    names = sorted(json.loads((directory / FILE_LIST).read_text())["files"])
     flip_a_byte(directory / names[1])
     unreadable(directory / names[3])
     resumed = run_on_two_ranks([str(CONFIG), *overrides(latents, run_dir, max_steps=6)])

@@ -88,11 +88,11 @@ def test_an_unreadable_trainer_state_is_one_line_naming_the_file(tmp_path):
 
 
 def test_an_unreadable_manifest_is_a_problem_and_no_manifest_is_none(tmp_path):
-    from fmboost.training.checkpoint_files import MANIFEST, problems
+    from fmboost.training.checkpoint_files import FILE_LIST, problems
 
     directory = make_checkpoint(tmp_path, 10)
     assert problems(directory) == [], "written before manifests existed: loaded unchecked"
-    (directory / MANIFEST).write_text('{"files": ')
-    assert problems(directory) == [f"{directory / MANIFEST} is unreadable"]
-    (directory / MANIFEST).write_text("[1, 2]")
-    assert problems(directory) == [f"{directory / MANIFEST} is unreadable"]
+    (directory / FILE_LIST).write_text('{"files": ')
+    assert problems(directory) == [f"{directory / FILE_LIST} is unreadable"]
+    (directory / FILE_LIST).write_text("[1, 2]")
+    assert problems(directory) == [f"{directory / FILE_LIST} is unreadable"]

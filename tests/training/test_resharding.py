@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from fmboost.config_loading import load_config
 from fmboost.distributed import DistributedEnv
-from fmboost.training.checkpoint_files import MANIFEST, crc32_of
+from fmboost.training.checkpoint_files import FILE_LIST, crc32_of
 from fmboost.training.checkpointing import load_trainer_state
 from fmboost.training.resharding import (
     consolidated_folder,
@@ -50,10 +50,10 @@ def test_a_consolidated_state_is_reused_only_while_it_matches_its_checkpoint_run
 
     written = ensure_consolidated(checkpoint, run_id)
     assert written == consolidated_path(checkpoint) and consolidated_problems(checkpoint, run_id) == []
-    source = json.loads((consolidated_folder(checkpoint) / MANIFEST).read_text())["source"]
+    source = json.loads((consolidated_folder(checkpoint) / FILE_LIST).read_text())["source"]
     assert source == {
         "checkpoint": "step_00000002",
-        "manifest_crc32": crc32_of(checkpoint / MANIFEST),
+        "file_list_crc32": crc32_of(checkpoint / FILE_LIST),
         "run_id": run_id,
     }
     state = {key: tensor.clone() for key, tensor in load_file(str(written)).items()}
@@ -73,8 +73,8 @@ def test_a_consolidated_state_is_reused_only_while_it_matches_its_checkpoint_run
     rebuilt = load_file(str(written))
     assert rebuilt.keys() == state.keys() and all(rebuilt[k].equal(state[k]) for k in state)
 
-    manifest = json.loads((checkpoint / MANIFEST).read_text())
-    (checkpoint / MANIFEST).write_text(json.dumps(manifest, indent=4))  # the checkpoint was rewritten
+    manifest = json.loads((checkpoint / FILE_LIST).read_text())
+    (checkpoint / FILE_LIST).write_text(json.dumps(manifest, indent=4))  # the checkpoint was rewritten
     assert "made from another checkpoint or run" in consolidated_problems(checkpoint, run_id)[0]
 
 

@@ -76,7 +76,7 @@ class StageLibrary:
         self.lock = threading.Lock()
 
     def pipeline(self, spec: str):
-        from fmboost.pipeline import FMBoostPipeline
+        from fmboost.inference.pipeline import FMBoostPipeline
 
         with self.lock:
             if spec not in self.pipelines:
@@ -110,8 +110,8 @@ def boost_uploads(
     before the first evaluation, so a bad input costs no compute. ``progress(done, what)`` counts
     network evaluations.
     """
-    from fmboost.generate import sidecar
     from fmboost.image_processing import load_image, to_pil
+    from fmboost.inference.sidecar import sidecar
 
     pipelines = {request.spec: library.pipeline(request.spec) for request in requests}
     for pipeline in pipelines.values():

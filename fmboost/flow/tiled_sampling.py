@@ -17,23 +17,9 @@ from collections.abc import Callable
 import torch
 
 from fmboost.errors import FMBoostError
+from fmboost.tiling import blend_ramp, tile_starts
 
 Net = Callable[..., torch.Tensor]
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` positions covering ``length``, neighbours sharing ``overlap``."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    return [*range(0, length - tile, stride), length - tile]
-
-
-def blend_ramp(length: int, overlap: int) -> torch.Tensor:
-    """1-D weights: a linear ramp over the ``overlap`` positions at each end, 1 in between (never 0)."""
-    positions = torch.arange(length, dtype=torch.float32)
-    distance_to_edge = torch.minimum(positions + 1, length - positions)
-    return (distance_to_edge / (overlap + 1)).clamp(max=1.0)
 
 
 def validate_tiling(tile_size: int, overlap: int, size_multiple: int) -> None:

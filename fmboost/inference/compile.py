@@ -11,7 +11,7 @@ import logging
 import torch
 from torch import nn
 
-logger = logging.getLogger("fmboost.inference_compile")
+logger = logging.getLogger("fmboost.inference.compile")
 
 
 def compile_mode(device: torch.device) -> str:

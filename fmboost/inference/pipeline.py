@@ -19,7 +19,7 @@ run autocast to it, as encoding the training data did (``precision: auto``).
 ``timings`` holds seconds per step: ``base`` or ``encode``, then per stage ``context_N`` (its context
 upsampling) and ``stage_N`` (the ODE solve), then ``decode``.
 
-``compile=True`` compiles every stage's flow network and the autoencoder (:mod:`fmboost.inference_compile`;
+``compile=True`` compiles every stage's flow network and the autoencoder (:mod:`fmboost.inference.compile`;
 CUDA graphs on CUDA). The first call with a new input shape or NFE compiles: it runs once untimed and its
 time is reported as ``timings["warmup"]``, apart from the timings of the call itself.
 """
@@ -41,10 +41,10 @@ from fmboost.devices import autocast_to, precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage
 from fmboost.first_stage.base import FirstStage
+from fmboost.flow.tiled_sampling import validate_tiling
 from fmboost.image_processing import to_pil
-from fmboost.inference_compile import compile_for_inference
+from fmboost.inference.compile import compile_for_inference
 from fmboost.models import FMBoostModel
-from fmboost.tiled_sampling import validate_tiling
 
 
 @dataclass

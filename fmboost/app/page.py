@@ -20,10 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-from fmboost.cli import exit_without_collecting, report_errors
+from fmboost.cli import (
+    add_device_arguments,
+    add_output_limit_argument,
+    report_errors,
+)
 from fmboost.config import MemoryBound
 from fmboost.errors import FMBoostError
-from fmboost.generate import add_device_arguments, add_output_limit_argument
 
 logger = logging.getLogger("fmboost.app")
 
@@ -93,8 +96,8 @@ def default_stages(stages: list[str] | None) -> list[str]:
 
 def example_images(folder: Path | None) -> list[str]:
     """Example inputs: the given folder's images, else the held-out photos of the sample data."""
-    from data_pipeline.sample_data import HELD_OUT_PHOTOS, photo_directory
-    from fmboost.folder_boost import IMAGE_SUFFIXES
+    from fmboost.image_decoding import IMAGE_SUFFIXES
+    from fmboost.sample_photos import HELD_OUT_PHOTOS, photo_directory
 
     if folder is None:
         return [str(photo_directory() / name) for name in sorted(HELD_OUT_PHOTOS)]
@@ -103,19 +106,38 @@ def example_images(folder: Path | None) -> list[str]:
     return [str(path) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def build_app(
-    stages: list[str], examples: list[str], library, out_dir: Path, max_images: int, max_upload_bytes: int
-):
-    """The page: inputs and settings on the left, the compare view, zoom, timings and downloads below."""
-    import gradio as gr
-    import torch
+class Handlers:
+    """What the page's controls do: boost the uploaded images with the chosen results, and show one
+    image's results (gallery, slider, zoom, timings, downloads). A mistake is a one-line ``gr.Error``."""
 
-    from fmboost.app_boosting import Request, boost_uploads, zoom
+    def __init__(self, library, out_dir: Path, max_images: int, max_upload_bytes: int) -> None:
+        self.library, self.out_dir = library, out_dir
+        self.max_images, self.max_upload_bytes = max_images, max_upload_bytes
 
-    def requests_from(values: list) -> list[Request]:
+    def uploads(self, files: list[str] | None) -> list[tuple[str, str]]:
+        """(path, name) of each upload, once their number and sizes are within the bounds."""
+        import gradio as gr
+
+        if not files:
+            raise gr.Error("Upload an image or pick an example first.")
+        if len(files) > self.max_images:
+            raise gr.Error(
+                f"{len(files)} images at once; this app boosts at most {self.max_images} (--max-images)."
+            )
+        for path in files:
+            if Path(path).stat().st_size > self.max_upload_bytes:
+                limit = self.max_upload_bytes / 2**20
+                raise gr.Error(f"{Path(path).name} is larger than {limit:.0f} MB (--max-upload-mb).")
+        return [(path, Path(path).name) for path in files]
+
+    @staticmethod
+    def requests_from(slots: list):
+        """The results asked for: each slot's (stage, NFE, solver), unless its stage is left empty."""
+        from fmboost.app.boosting import Request
+
         requests = []
         for label, (spec, nfe, solver) in zip(
-            RESULT_SLOTS, zip(*[iter(values)] * 3, strict=True), strict=True
+            RESULT_SLOTS, zip(*[iter(slots)] * 3, strict=True), strict=True
         ):
             if spec and spec != NO_RESULT:
                 requests.append(
@@ -123,31 +145,24 @@ def build_app(
                 )
         return requests
 
-    def run_boost(files, seed, tile, *slots, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its bar)
-        if not files:
-            raise gr.Error("Upload an image or pick an example first.")
-        if len(files) > max_images:
-            raise gr.Error(
-                f"{len(files)} images at once; this app boosts at most {max_images} (--max-images)."
-            )
-        uploads = []
-        for path in files:
-            name = Path(path).name
-            if Path(path).stat().st_size > max_upload_bytes:
-                raise gr.Error(f"{name} is larger than {max_upload_bytes / 2**20:.0f} MB (--max-upload-mb).")
-            uploads.append((path, name))
-        requests = requests_from(list(slots))
+    def boost(self, files, seed, tile, slots: list, progress) -> tuple:
+        import gradio as gr
+        import torch
+
+        from fmboost.app.boosting import boost_uploads
+
+        uploads, requests = self.uploads(files), self.requests_from(slots)
         if not requests:
             raise gr.Error("Choose a stage for at least one result.")
         started = time.perf_counter()
         try:
-            total = len(uploads) * sum(library.planned_evaluations(r) for r in requests)
+            total = len(uploads) * sum(self.library.planned_evaluations(r) for r in requests)
             boosted = boost_uploads(
-                library,
+                self.library,
                 uploads,
                 requests,
                 int(seed),
-                out_dir / uuid.uuid4().hex,
+                self.out_dir / uuid.uuid4().hex,
                 int(tile),
                 lambda done, what: progress((min(done, total), total), desc=what, unit="evaluations"),
             )
@@ -155,16 +170,19 @@ def build_app(
             raise gr.Error(error.message) from None
         except torch.OutOfMemoryError:
             raise gr.Error("Out of memory: boost fewer or smaller images at once.") from None
-        logger.info(
-            "boosted %d image(s) × %d result(s) in %.1f s",
-            len(uploads),
-            len(requests),
-            time.perf_counter() - started,
-        )
+        seconds = time.perf_counter() - started
+        logger.info("boosted %d image(s) × %d result(s) in %.1f s", len(uploads), len(requests), seconds)
         names = [entry.name for entry in boosted]
-        return (boosted, gr.update(choices=names, value=names[0]), *view(boosted, names[0], 0.5, 0.5, 64))
+        return (
+            boosted,
+            gr.update(choices=names, value=names[0]),
+            *self.view(boosted, names[0], 0.5, 0.5, 64),
+        )
 
-    def view(boosted, name, x, y, size):
+    @staticmethod
+    def view(boosted, name, x, y, size) -> tuple:
+        from fmboost.app.boosting import zoom
+
         if not boosted:
             return None, None, None, "", None
         entry = next(e for e in boosted if e.name == name)
@@ -180,73 +198,86 @@ def build_app(
         downloads = [str(p) for e in boosted for r in e.results for p in (r.path, r.sidecar)]
         return gallery, slider, zoom(columns, (x, y), int(size)), timings, downloads
 
+
+def input_column(gr, examples: list[str]):
+    """The uploads, with the examples under them."""
+    with gr.Column(scale=1):
+        files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="uploads")
+        if examples:
+            gr.Examples([[[path]] for path in examples], inputs=[files], label="Examples")
+    return files
+
+
+def settings_column(gr, stages: list[str]):
+    """Up to three results (a stage, its NFE and solver each), the seed, the flow tile size, the button."""
+    with gr.Column(scale=1):
+        slots = []
+        for index, label in enumerate(RESULT_SLOTS):
+            with gr.Row():
+                choices = stages if index == 0 else [NO_RESULT, *stages]
+                slots.append(
+                    gr.Dropdown(
+                        choices, value=choices[0], label=f"Result {label}: stage", elem_id=f"stage_{label}"
+                    )
+                )
+                slots.append(
+                    gr.Number(0, label="NFE (0: trained)", precision=0, minimum=0, elem_id=f"nfe_{label}")
+                )
+                slots.append(
+                    gr.Dropdown(list(SOLVERS), value="trained", label="Solver", elem_id=f"solver_{label}")
+                )
+        with gr.Row():
+            seed = gr.Number(0, label="Seed", precision=0)
+            tile = gr.Number(
+                MemoryBound().flow_tile_size,
+                label="Flow tile size (latent positions; 0: never tile)",
+                precision=0,
+                minimum=0,
+                elem_id="flow_tile_size",
+            )
+        button = gr.Button("Boost", variant="primary", elem_id="boost")
+    return slots, seed, tile, button
+
+
+def compare_view(gr):
+    """The image shown, the gallery, the zoom and its controls, the slider, timings and downloads."""
+    shown = gr.Dropdown([], label="Image shown", elem_id="shown")
+    gallery = gr.Gallery(label="Compare", columns=4, format="png", elem_id="compare", height="auto")
+    gr.Markdown("**Zoom**: the same region of each, at full resolution, enlarged without smoothing")
+    zoom_image = gr.Image(show_label=False, format="png", elem_id="zoom")  # a label would hide a caption
+    with gr.Row():
+        zoom_controls = [
+            gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre x"),
+            gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre y"),
+            gr.Slider(16, 256, 64, step=8, label="Zoom region (px)"),
+        ]
+    with gr.Row():
+        slider = gr.ImageSlider(label="Before / after (bicubic | result A)", format="png", elem_id="slider")
+        timings = gr.Markdown(elem_id="timings")
+    downloads = gr.File(label="Downloads (PNG + JSON sidecar)", file_count="multiple", elem_id="downloads")
+    return shown, zoom_controls, [gallery, slider, zoom_image, timings, downloads]
+
+
+def build_app(stages: list[str], examples: list[str], handlers: Handlers):
+    """The page: inputs and settings on the left, the compare view, zoom, timings and downloads below."""
+    import gradio as gr
+
+    def run_boost(files, seed, tile, *slots, progress=gr.Progress()):  # noqa: B008 (how Gradio finds its bar)
+        return handlers.boost(files, seed, tile, list(slots), progress)
+
     with gr.Blocks(title="FMBoost", analytics_enabled=False) as app:
         gr.Markdown(
             "# FMBoost\nBoost images with trained CFM stages and compare them with bicubic enlargement."
         )
         boosted_state = gr.State([])
         with gr.Row():
-            with gr.Column(scale=1):
-                files = gr.File(
-                    label="Images", file_count="multiple", file_types=["image"], elem_id="uploads"
-                )
-                if examples:
-                    gr.Examples([[[path]] for path in examples], inputs=[files], label="Examples")
-            with gr.Column(scale=1):
-                slots = []
-                for index, label in enumerate(RESULT_SLOTS):
-                    with gr.Row():
-                        choices = stages if index == 0 else [NO_RESULT, *stages]
-                        slots.append(
-                            gr.Dropdown(
-                                choices,
-                                value=choices[0],
-                                label=f"Result {label}: stage",
-                                elem_id=f"stage_{label}",
-                            )
-                        )
-                        slots.append(
-                            gr.Number(
-                                0, label="NFE (0: trained)", precision=0, minimum=0, elem_id=f"nfe_{label}"
-                            )
-                        )
-                        slots.append(
-                            gr.Dropdown(
-                                list(SOLVERS), value="trained", label="Solver", elem_id=f"solver_{label}"
-                            )
-                        )
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)
-                    tile = gr.Number(
-                        MemoryBound().flow_tile_size,
-                        label="Flow tile size (latent positions; 0: never tile)",
-                        precision=0,
-                        minimum=0,
-                        elem_id="flow_tile_size",
-                    )
-                boost_button = gr.Button("Boost", variant="primary", elem_id="boost")
-        shown = gr.Dropdown([], label="Image shown", elem_id="shown")
-        gallery = gr.Gallery(label="Compare", columns=4, format="png", elem_id="compare", height="auto")
-        gr.Markdown("**Zoom**: the same region of each, at full resolution, enlarged without smoothing")
-        zoom_image = gr.Image(show_label=False, format="png", elem_id="zoom")  # a label would hide a caption
-        with gr.Row():
-            zoom_x = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre x")
-            zoom_y = gr.Slider(0, 1, 0.5, step=0.01, label="Zoom centre y")
-            zoom_size = gr.Slider(16, 256, 64, step=8, label="Zoom region (px)")
-        with gr.Row():
-            slider = gr.ImageSlider(
-                label="Before / after (bicubic | result A)", format="png", elem_id="slider"
-            )
-            timings = gr.Markdown(elem_id="timings")
-        downloads = gr.File(
-            label="Downloads (PNG + JSON sidecar)", file_count="multiple", elem_id="downloads"
-        )
-
-        outputs = [gallery, slider, zoom_image, timings, downloads]
+            files = input_column(gr, examples)
+            slots, seed, tile, boost_button = settings_column(gr, stages)
+        shown, zoom_controls, outputs = compare_view(gr)
         boost_button.click(run_boost, [files, seed, tile, *slots], [boosted_state, shown, *outputs])
-        for control in (shown, zoom_x, zoom_y, zoom_size):
+        for control in (shown, *zoom_controls):
             control.change(
-                view, [boosted_state, shown, zoom_x, zoom_y, zoom_size], outputs, show_progress="hidden"
+                handlers.view, [boosted_state, shown, *zoom_controls], outputs, show_progress="hidden"
             )
     return app
 
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     import gradio as gr
 
-    from fmboost.app_boosting import StageLibrary, cascade_stages
+    from fmboost.app.boosting import StageLibrary, cascade_stages
 
     stages = default_stages(args.stage)
     for spec in stages:
@@ -269,14 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     library = StageLibrary(args.device, args.dtype, memory)
     with tempfile.TemporaryDirectory(prefix="fmboost-app-") as scratch:
         out_dir = args.out or Path(scratch)
-        app = build_app(
-            stages,
-            example_images(args.examples),
-            library,
-            out_dir,
-            args.max_images,
-            int(args.max_upload_mb * 2**20),
-        )
+        handlers = Handlers(library, out_dir, args.max_images, int(args.max_upload_mb * 2**20))
+        app = build_app(stages, example_images(args.examples), handlers)
         app.queue(max_size=args.queue_size, default_concurrency_limit=1)
         logger.info("stages: %s; results go to %s", ", ".join(stages), out_dir)
         app.launch(
@@ -291,7 +316,3 @@ def main(argv: list[str] | None = None) -> int:
             ),  # no web fonts
         )
     return 0
-
-
-if __name__ == "__main__":
-    exit_without_collecting(main())
