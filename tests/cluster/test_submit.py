@@ -191,8 +191,10 @@ on_fault = requeue_after_fault(Path(sys.argv[1]), DistributedEnv(rank=0, world_s
 monitor = FaultMonitor(DistributedEnv(rank=0, world_size=2), Allowances(3, 9, 9), Progress(), on_fault)
 if kind == "stall":
     verdict = Verdict.from_stall(StallReport(1, 7, "step", 4.0, 3.0, "its heartbeat stopped too"))
-else:
+elif kind == "crash":
     verdict = Verdict("crash", 1, 7, "rank 1 (pid 99 on n2) died at step 7: it ended without a word")
+else:
+    verdict = Verdict("error", 1, 7, "rank 1 (pid 99 on n2) stopped at step 7: data.train: a damaged shard")
 on_fault(verdict, monitor)
 """
 
@@ -200,6 +202,11 @@ on_fault(verdict, monitor)
 @pytest.mark.parametrize(
     ("kind", "said"),
     [
+        (
+            "error",
+            "rank 1 (pid 99 on n2) stopped at step 7: data.train: a damaged shard; ending job 12345; not "
+            "requeued: an error to fix, then resubmit",
+        ),
         (
             "stall",
             "rank 1 stalled at step 7 (step): no rank made progress for 4 s, 3 s allowed (its heartbeat "
@@ -214,7 +221,7 @@ on_fault(verdict, monitor)
         ),
     ],
 )
-def test_a_job_that_keeps_failing_without_a_new_checkpoint_stops_requeuing_and_says_so(tmp_path, kind, said):
+def test_a_job_that_keeps_failing_or_failed_by_a_user_error_is_not_requeued_and_says_so(tmp_path, kind, said):
     from cluster.jobs import record_requeue
     from fmboost.training.watchdog import STALL_EXIT_CODE
 
@@ -222,7 +229,7 @@ def test_a_job_that_keeps_failing_without_a_new_checkpoint_stops_requeuing_and_s
     failed = subprocess.run(
         [sys.executable, "-c", FAILED_JOB, str(tmp_path), kind], cwd=REPO_ROOT, capture_output=True, text=True
     )
-    assert failed.returncode == STALL_EXIT_CODE, failed.stderr
+    assert failed.returncode == (2 if kind == "error" else STALL_EXIT_CODE), failed.stderr
     assert said in failed.stderr
 
 
