@@ -11,9 +11,9 @@ from fmboost.config_loading import load_config
 
 SMALL_MODEL = [
     "model.model_channels=32",
-    "model.channel_mult=[1,2]",
+    "model.channel_mult=[1]",
     "model.num_res_blocks=1",
-    "model.attention_resolutions=[2]",
+    "model.attention_resolutions=[]",
     "model.num_heads=2",
     "model.head_channels=16",
     "model.norm_groups=8",

@@ -43,17 +43,17 @@ def test_the_demo_composes_the_three_commands_and_skips_finished_work_on_a_rerun
 
 
 def test_the_demo_runs_in_the_taef2_latent_space(tmp_path, taef2_dir):
-    result = run_demo(  # at half the demo's resolution: encoding 256-px crops was 50 of the test's 80 s
+    result = run_demo(  # at a quarter of the demo's resolution: 256-px crops took 50 of the test's 80 s
         tmp_path,
         FIRST_STAGE="taesd",
         WEIGHTS=str(taef2_dir),
         STEPS="2",
         EVAL_IMAGES="4",
         EVAL_NFE="[2]",
-        ENCODE_ARGS="high_res=128 low_res=64",
+        ENCODE_ARGS="high_res=64 low_res=32",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((tmp_path / "data/latents/sample_taef2/manifest.json").read_text())
     assert manifest["latent_channels"] == 32 and manifest["first_stage"]["name"] == "taesd"
-    assert manifest["high_res"] == 128
+    assert manifest["high_res"] == 64
     assert (tmp_path / "results/demo_taef2/results.md").is_file()

@@ -65,55 +65,15 @@ def logged_steps(uri: str, run_id: str, key: str) -> list[int]:
     return sorted(metric.step for metric in MlflowClient(uri).get_metric_history(run_id, key))
 
 
-def test_metrics_logged_while_the_server_was_down_are_back_filled_once_it_answers_again(
-    tmp_path, mlflow_server, caplog
-):
-    uri, process = mlflow_server
-    caplog.set_level(logging.INFO)
-    tracker = Tracker(tmp_path / "run", uri, "outage")
-    tracker.log_params({"train.lr": 0.1})
-    for step in range(1, 6):
-        tracker.log_metrics({"train/loss": 1.0 / step}, step)
-    assert logged_steps(uri, tracker.run_id, "train/loss") == [1, 2, 3, 4, 5]
-
-    stop_server(process)  # the server goes away: every call fails fast, training goes on
-    for step in range(6, 11):
-        started = time.monotonic()
-        tracker.log_metrics({"train/loss": 1.0 / step}, step)
-        assert time.monotonic() - started < 6, "never longer than one request timeout (5 s)"
-    (tmp_path / "late.png").write_bytes(b"png")
-    tracker.log_artifact(tmp_path / "late.png", "samples")
-    warnings = [r.getMessage() for r in caplog.records if "training goes on" in r.getMessage()]
-    assert len(warnings) == 1 and "sent to MLflow once it answers" in warnings[0]
-    assert 0 < tracker.backoff.retry_at - time.monotonic() <= 8, "retries back off from seconds"
-
-    process = start_mlflow_server(tmp_path, int(uri.rsplit(":", 1)[1]))  # the same store, the same port
-    try:
-        while not tracker.backoff.ready():
-            time.sleep(0.1)
-        for step in range(11, 13):
-            tracker.log_metrics({"train/loss": 1.0 / step}, step)
-        tracker.finish()
-        assert "answers again" in caplog.text
-        run = MlflowClient(uri).get_run(tracker.run_id)
-        assert logged_steps(uri, tracker.run_id, "train/loss") == list(range(1, 13)), "no hole"
-        assert run.info.status == "FINISHED" and run.data.params == {"train.lr": "0.1"}
-        assert [a.path for a in MlflowClient(uri).list_artifacts(tracker.run_id, "samples")] == [
-            "samples/late.png"
-        ]
-        local = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
-        history = MlflowClient(uri).get_metric_history(tracker.run_id, "train/loss")
-        assert {m.step: m.timestamp for m in history} == {e["step"]: int(e["time"] * 1000) for e in local}
-    finally:
-        stop_server(process)
-
-
 @pytest.mark.slow
-def test_what_a_training_job_could_not_send_is_sent_by_the_next_job_of_the_run(tmp_path, caplog):
-    """A real training job whose `mlflow server` is down trains on; once the server is up, the next job of
-    the run (a resume that finds the run finished) sends every step, the params, the config and the
-    exported model, and closes the run. (The server going away in the middle of a job and coming back
-    during it: the test above.)"""
+def test_mlflow_receives_every_step_after_an_outage_from_the_next_job_or_the_same_one(tmp_path, caplog):
+    """A real `mlflow server`, down and up again on the same port and store:
+
+    1. a training job that never reaches it trains on; once it is up, the next job of the run (a resume
+       that finds the run finished) sends every step, the params, the config and the exported model;
+    2. a tracker that loses it in the middle of a job warns once, never waits longer than a request
+       timeout, retries after seconds, and back-fills what it missed once it answers, at the steps and
+       times they were logged."""
     from fmboost.config_loading import load_config
     from fmboost.distributed import DistributedEnv
     from fmboost.training.trainer import train
@@ -124,12 +84,12 @@ def test_what_a_training_job_could_not_send_is_sent_by_the_next_job_of_the_run(t
     uri, run_dir = f"http://127.0.0.1:{port}", tmp_path / "run"
     settings = training_overrides(build_latents(tmp_path / "data"), run_dir, max_steps=6, validate_every=100)
     config = load_config(REPO_ROOT / "configs/demo/tiny_cpu.yaml", [*settings, f"logging.tracking_uri={uri}"])
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     first = train(config, DistributedEnv())
     assert (first.status, first.step, first.mlflow_run_id) == ("finished", 6, None)
     assert "training goes on" in caplog.text and "the next job that resumes" in caplog.text
 
-    process = start_mlflow_server(tmp_path, port)
+    process = start_mlflow_server(tmp_path / "server", port)
     try:
         second = train(config, DistributedEnv())
         client = MlflowClient(uri)
@@ -138,6 +98,39 @@ def test_what_a_training_job_could_not_send_is_sent_by_the_next_job_of_the_run(t
         assert logged_steps(uri, run.info.run_id, "train/loss") == list(range(1, 7)), "no hole"
         assert run.data.params["train.max_steps"] == "6"
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "model"}
+
+        caplog.clear()
+        tracker = Tracker(tmp_path / "tracked", uri, "outage")
+        tracker.log_params({"train.lr": 0.1})
+        for step in range(1, 6):
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        assert logged_steps(uri, tracker.run_id, "train/loss") == [1, 2, 3, 4, 5]
+
+        stop_server(process)  # the server goes away: every call fails fast, training goes on
+        for step in range(6, 11):
+            started = time.monotonic()
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+            assert time.monotonic() - started < 6, "never longer than one request timeout (5 s)"
+        (tmp_path / "late.png").write_bytes(b"png")
+        tracker.log_artifact(tmp_path / "late.png", "samples")
+        warnings = [r.getMessage() for r in caplog.records if "training goes on" in r.getMessage()]
+        assert len(warnings) == 1 and "sent to MLflow once it answers" in warnings[0]
+        assert 0 < tracker.backoff.retry_at - time.monotonic() <= 8, "retries back off from seconds"
+
+        process = start_mlflow_server(tmp_path / "server", port)  # the same store, the same port
+        while not tracker.backoff.ready():
+            time.sleep(0.1)
+        for step in range(11, 13):
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        tracker.finish()
+        assert "answers again" in caplog.text
+        run = client.get_run(tracker.run_id)
+        assert logged_steps(uri, tracker.run_id, "train/loss") == list(range(1, 13)), "no hole"
+        assert run.info.status == "FINISHED" and run.data.params == {"train.lr": "0.1"}
+        assert [a.path for a in client.list_artifacts(tracker.run_id, "samples")] == ["samples/late.png"]
+        local = [json.loads(line) for line in (tmp_path / "tracked" / METRICS_FILE).read_text().splitlines()]
+        history = client.get_metric_history(tracker.run_id, "train/loss")
+        assert {m.step: m.timestamp for m in history} == {e["step"]: int(e["time"] * 1000) for e in local}
     finally:
         stop_server(process)
 

@@ -68,12 +68,12 @@ def test_master_port_is_stable_per_job_and_address_resolution_falls_back(monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero_stage", [1, 2])
-def test_local_cluster_runs_two_deepspeed_tasks_with_zero(tmp_path, zero_stage):
+def test_local_cluster_runs_two_deepspeed_tasks_with_zero_2(tmp_path):
+    """(The demo runs the same job with ZeRO-1.)"""
     latents = build_latents(tmp_path)
     run_dir = tmp_path / "run"
     overrides = training_overrides(latents, run_dir, max_steps=4, checkpoint_every=4, validate_every=4)
-    overrides.append(f"deepspeed.zero_optimization.stage={zero_stage}")
+    overrides.append("deepspeed.zero_optimization.stage=2")
     command = [
         sys.executable,
         "cluster/submit.py",

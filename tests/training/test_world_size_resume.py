@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slow
 
 CONFIG = REPO_ROOT / "configs/demo/tiny_cpu.yaml"
 LR, WARMUP = 1e-3, 8
+# ZeRO-2 in fp32 saves what ZeRO-1 saves (the optimizer's partitions); its partitioned gradients are
+# never written. It runs here with bf16 weights, ZeRO-1 in fp32.
 VARIANTS = {
     "zero0": ["deepspeed.zero_optimization.stage=0"],
     "zero1": ["deepspeed.zero_optimization.stage=1"],
-    "zero2": ["deepspeed.zero_optimization.stage=2"],
     "zero2-bf16-weights": [
         "deepspeed.zero_optimization.stage=2",
         "train.precision=bf16",
