@@ -133,8 +133,9 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-# cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=cred_expire=10
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s); it
+# also bounds how long a step may take to launch, under a second on this one machine
+AuthInfo=cred_expire=5
 CredType=cred/munge
 SlurmctldPort=6817
 StateSaveLocation=$BASE/ctld
@@ -149,8 +150,9 @@ SlurmdParameters=config_overrides
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
-# scheduler/backfill passes every 5 s (defaults 60/30): a requeued job restarts sooner
-SchedulerParameters=bf_interval=5,sched_interval=5
+# scheduler/backfill passes every second (defaults 60/30): a requeued job restarts 6 s after its
+# requeue instead of 15 (the SIGKILL, stall and time-limit tests each wait for one)
+SchedulerParameters=bf_interval=1,sched_interval=1
 MpiDefault=none
 JobCompType=jobcomp/none
 $ACCT_LINES
