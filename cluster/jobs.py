@@ -29,7 +29,7 @@ import submitit
 
 from fmboost.atomic_files import write_json_atomically
 from fmboost.cli import freeze_heap_for_exit
-from fmboost.distributed import DistributedEnv
+from fmboost.distributed import DistributedEnv, leave_process_group
 from fmboost.errors import FMBoostError
 from fmboost.run_folder import latest_checkpoint
 from fmboost.training.faults import FaultMonitor, Verdict
@@ -232,6 +232,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             run_dir = Path(config.train.run_dir).expanduser()
             on_fault = requeue_after_fault(run_dir, env, os.environ["SLURM_JOB_ID"], self.budgets)
         result = train(config, env, stop, on_fault)
+        leave_process_group()
         if result.status == "preempted" and env.is_main and callable(submitit_handler):
             logger.info("checkpoint saved; handing over to submitit to requeue the job")
             submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues and exits

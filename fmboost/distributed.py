@@ -119,3 +119,14 @@ def init_distributed(env: DistributedEnv, timeout_seconds: float | None = None) 
         env.master_port,
     )
     return backend
+
+
+def leave_process_group() -> None:
+    """Destroy the process group of a process that is about to exit, after its last collective.
+
+    Left to the interpreter's exit, gloo's worker threads can outlive it and abort the process
+    ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489): rank 1 of a
+    finished 2-rank run once exited -6, and torchrun or Slurm then see a crash where the work is done.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

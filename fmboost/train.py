@@ -11,7 +11,7 @@ import logging
 
 from fmboost.cli import exit_without_collecting, report_errors
 from fmboost.config_loading import load_config
-from fmboost.distributed import DistributedEnv
+from fmboost.distributed import DistributedEnv, leave_process_group
 
 
 def configure_logging(env: DistributedEnv) -> None:
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from fmboost.training.trainer import train
 
     result = train(load_config(args.config, args.overrides), env)
+    leave_process_group()
     if env.is_main:
         print(f"{result.status} at step {result.step}")
         print(f"exported model: {result.export_dir}")
