@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torchdiffeq import odeint
 
 from fmboost.config import require
 from fmboost.errors import ConfigError
@@ -122,6 +121,8 @@ def solve_ode(
         return_trajectory: also return intermediate states; fixed-step solvers return every
             step, ``dopri5`` returns ``trajectory_points`` evenly spaced times.
     """
+    from torchdiffeq import odeint  # here, not at the top: it imports scipy.integrate (0.4 s a process)
+
     field = CountingField(velocity, x0.dtype)
     state = x0.to(torch.float32)
     if solver in ADAPTIVE_SOLVERS:
