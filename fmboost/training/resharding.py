@@ -101,9 +101,9 @@ def read_shard(path: Path, mmap: bool = False) -> dict:
 def source_of(directory: Path, run_id: str) -> dict[str, str | None]:
     """What a consolidated state is bound to: its checkpoint, that checkpoint's file list, the run."""
     file_list = directory / FILE_LIST
-    return {
+    return {  # the key keeps the file's name, so consolidated states written before still match
         "checkpoint": directory.name,
-        "file_list_crc32": crc32_of(file_list) if file_list.is_file() else None,
+        "manifest_crc32": crc32_of(file_list) if file_list.is_file() else None,
         "run_id": run_id,
     }
 

@@ -53,7 +53,7 @@ def test_a_consolidated_state_is_reused_only_while_it_matches_its_checkpoint_run
     source = json.loads((consolidated_folder(checkpoint) / FILE_LIST).read_text())["source"]
     assert source == {
         "checkpoint": "step_00000002",
-        "file_list_crc32": crc32_of(checkpoint / FILE_LIST),
+        "manifest_crc32": crc32_of(checkpoint / FILE_LIST),
         "run_id": run_id,
     }
     state = {key: tensor.clone() for key, tensor in load_file(str(written)).items()}
