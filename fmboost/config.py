@@ -56,6 +56,9 @@ class UNetConfig:
         return self.num_heads if self.num_heads is not None else channels // self.head_channels
 
 
+CONSISTENCY_MODES = ("none", "adain", "wavelet", "projection")  # the steps of fmboost.consistency
+
+
 @dataclass
 class FlowConfig:
     """The objective, the upsampling of the context and the default sampler of a CFM stage.
@@ -64,6 +67,10 @@ class FlowConfig:
     records the stage it was distilled from in ``teacher`` and the step counts it was trained for in
     ``trained_nfe``; ``nfe`` is then its default, the smallest of them. ``bootstrap_share`` is the
     share of a shortcut batch trained on self-consistency targets.
+
+    ``consistency`` is the stage's default consistency step at inference (:mod:`fmboost.consistency`):
+    ``projection`` for clean inputs; stages fine-tuned on degraded inputs set their own
+    (``docs/generation.md``).
     """
 
     objective: str = "cfm"
@@ -77,6 +84,7 @@ class FlowConfig:
     teacher: str | None = None
     trained_nfe: list[int] = field(default_factory=list)
     bootstrap_share: float = 0.25
+    consistency: str = "projection"
 
 
 @dataclass

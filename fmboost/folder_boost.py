@@ -26,7 +26,14 @@ import torch
 from tqdm import tqdm
 
 from fmboost.atomic_files import atomic_path, exclusive_lock, write_json_atomically
-from fmboost.config import PRECISIONS, FirstStageConfig, MemoryBound, merge_layers, read_layers
+from fmboost.config import (
+    CONSISTENCY_MODES,
+    PRECISIONS,
+    FirstStageConfig,
+    MemoryBound,
+    merge_layers,
+    read_layers,
+)
 from fmboost.devices import resolve_device, resolve_precision
 from fmboost.errors import ConfigError, FMBoostError
 from fmboost.image_decoding import IMAGE_SUFFIXES
@@ -46,7 +53,8 @@ class BoostFolderConfig:
     """What to boost (``input_dir`` → ``output``), with which stages and settings, and the task split.
 
     ``nfe`` and ``solver`` hold one value for every stage or one per stage; empty keeps each stage's
-    trained value. The other keys are ``fmboost-generate``'s flags of the same names.
+    trained value; ``consistency`` None keeps the last stage's default step. The other keys are
+    ``fmboost-generate``'s flags of the same names.
     """
 
     input_dir: str = ""
@@ -54,6 +62,7 @@ class BoostFolderConfig:
     stages: list[str] = field(default_factory=list)
     nfe: list[int] = field(default_factory=list)
     solver: list[str] = field(default_factory=list)
+    consistency: str | None = None
     seed: int = 0
     first_stage: str | None = None
     first_stage_path: str | None = None
@@ -75,6 +84,7 @@ class BoostFolderConfig:
             "stages": [str(Path(stage).expanduser().resolve()) for stage in self.stages],
             "nfe": list(self.nfe),
             "solver": list(self.solver),
+            "consistency": self.consistency,
             "seed": self.seed,
             "first_stage": self.first_stage,
             "first_stage_path": self.first_stage_path,
@@ -94,6 +104,8 @@ def validate_boost_config(config: BoostFolderConfig) -> None:
         raise ConfigError("stages: give at least one FMBoost model directory")
     if config.dtype not in PRECISIONS:
         raise ConfigError(f"dtype: choose one of {', '.join(PRECISIONS)}")
+    if config.consistency is not None and config.consistency not in CONSISTENCY_MODES:
+        raise ConfigError(f"consistency: choose one of {', '.join(CONSISTENCY_MODES)} (or null: the stage's)")
     validate_task_split(config.task_index, config.num_tasks)
 
 
@@ -189,7 +201,11 @@ def boost_one(pipeline, source: Path, entry: Entry, root: Path, config: BoostFol
     pipeline.check_image_size(image, entry.relative)
     seed = keyed_seed(config.seed, entry.relative)
     output = pipeline(
-        images=image, seed=seed, nfe=one_or_per_stage(config.nfe), solver=one_or_per_stage(config.solver)
+        images=image,
+        seed=seed,
+        nfe=one_or_per_stage(config.nfe),
+        solver=one_or_per_stage(config.solver),
+        consistency=config.consistency,
     )
     target = root / entry.output
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from fmboost.cli import (
     exit_without_collecting,
     report_errors,
 )
-from fmboost.config import FirstStageConfig, MemoryBound
+from fmboost.config import CONSISTENCY_MODES, FirstStageConfig, MemoryBound
 from fmboost.errors import FMBoostError
 from fmboost.inference.sidecar import sidecar
 
@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=("euler", "midpoint", "rk4", "dopri5"),
         help="ODE solver: once for all stages or once per stage (default: trained)",
+    )
+    parser.add_argument(
+        "--consistency",
+        choices=CONSISTENCY_MODES,
+        help="after decoding, hold the result to its low-res input: projection (downsampling the result "
+        "gives the input back), wavelet or adain (colours only), none (default: the last stage's, "
+        "projection for clean stages; a cascade holds its last result to the original input)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first batch; batch b uses seed + b")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts or images per batch")
@@ -130,6 +137,7 @@ def boost_input_dir(args: argparse.Namespace) -> list[Path]:
         stages=list(args.stage),
         nfe=args.nfe or [],
         solver=args.solver or [],
+        consistency=args.consistency,
         seed=args.seed,
         first_stage=args.first_stage,
         first_stage_path=args.first_stage_path,
@@ -198,11 +206,20 @@ def run(args: argparse.Namespace) -> list[Path]:
             if len(shapes) > 1:
                 raise FMBoostError("--input-image: images in one batch must share a size; use --batch-size 1")
             output = pipeline(
-                images=torch.cat([item[2] for item in batch]), seed=seed, nfe=nfe, solver=solver
+                images=torch.cat([item[2] for item in batch]),
+                seed=seed,
+                nfe=nfe,
+                solver=solver,
+                consistency=args.consistency,
             )
         else:
             output = pipeline(
-                prompts=[item[1] for item in batch], seed=seed, nfe=nfe, solver=solver, **base_kwargs
+                prompts=[item[1] for item in batch],
+                seed=seed,
+                nfe=nfe,
+                solver=solver,
+                consistency=args.consistency,
+                **base_kwargs,
             )
         for (kind, value, _), image in zip(batch, output.images, strict=True):
             args.out.mkdir(parents=True, exist_ok=True)

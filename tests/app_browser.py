@@ -87,11 +87,17 @@ def upload(page: Any, *paths: Path) -> None:
     page.wait_for_selector(f"#uploads >> text={paths[-1].stem}")
 
 
-def choose_result(page: Any, slot: str, stage_index: int, nfe: int = 0) -> None:
-    """Result ``slot`` (A, B or C): the ``stage_index``-th stage offered (B and C offer "—" first)."""
+def choose_result(
+    page: Any, slot: str, stage_index: int, nfe: int = 0, consistency: str | None = None
+) -> None:
+    """Result ``slot`` (A, B or C): the ``stage_index``-th stage offered (B and C offer "—" first), and
+    a ``consistency`` step other than the stage's default."""
     page.locator(f"#stage_{slot} input").click()
     page.get_by_role("option").nth(stage_index + (slot != "A")).click()
     page.locator(f"#nfe_{slot} input").fill(str(nfe))
+    if consistency is not None:
+        page.locator(f"#consistency_{slot} input").click()
+        page.get_by_role("option", name=consistency, exact=True).click()
 
 
 def boost(page: Any, timeout_s: float = 120) -> None:

@@ -65,12 +65,16 @@ def test_a_boost_doubles_the_upload_and_the_compare_view_and_download_show_the_c
     page, photo_file
 ):
     upload(page, photo_file)
-    choose_result(page, "B", stage_index=0, nfe=1)
+    choose_result(page, "B", stage_index=0, nfe=1, consistency="none")
     page.locator("#flow_tile_size input").fill("48")  # the 64² latent runs in overlapping 48² tiles
     boost(page)
 
     captions = page.locator("#compare").inner_text()
-    assert "bicubic" in captions and "A: stage · trained NFE" in captions and "B: stage · 1 NFE" in captions
+    assert (
+        "bicubic" in captions
+        and "A: stage · trained NFE" in captions
+        and "B: stage · 1 NFE · none" in captions
+    )
     assert "64×64" not in page.locator("#timings").inner_text()
     assert page.locator("#timings").inner_text().count("128×128") == 2
     assert page.locator("#slider img").count() == 2 and page.locator("#zoom img").count() == 1
@@ -86,6 +90,7 @@ def test_a_boost_doubles_the_upload_and_the_compare_view_and_download_show_the_c
         sidecar_link.click()
     sidecar = json.loads(Path(download_info.value.path()).read_text())
     assert sidecar["image"] == "astronaut.png" and sidecar["size"] == [128, 128] and sidecar["nfe"] == [2]
+    assert sidecar["consistency"] == "projection"  # result A: the clean stage's default
     assert sidecar["flow_tile_size"] == 48
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -150,7 +155,10 @@ def test_the_zoom_shows_the_same_full_resolution_region_of_every_column(tmp_path
     assert second.getpixel((0, 0)) == enlarged.getpixel((96, 0))  # the smaller result, at the same region
 
 
-def test_a_result_is_labelled_with_its_stages_nfe_and_solver():
+def test_a_result_is_labelled_with_its_stages_nfe_solver_and_consistency_step():
     assert Request("A", "runs/cfm_1k").describe() == "A: cfm_1k · trained NFE"
     cascade = Request("B", "runs/cfm_1k + runs/cfm_2k", nfe=4, solver="midpoint")
     assert cascade.describe() == "B: cfm_1k+cfm_2k · 4 NFE · midpoint"
+    assert (
+        Request("C", "runs/cfm_1k", consistency="wavelet").describe() == "C: cfm_1k · trained NFE · wavelet"
+    )

@@ -22,6 +22,7 @@ LAYERS = (  # lowest first: (name, the packages and modules in it)
             "fmboost.weights_io",
             "fmboost.image_decoding",
             "fmboost.image_processing",
+            "fmboost.consistency",
             "fmboost.metrics",
             "fmboost.noise_schedule",
             "fmboost.tiling",

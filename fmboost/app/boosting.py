@@ -30,17 +30,20 @@ def cascade_stages(spec: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Request:
-    """One result to compute for every input: which stage spec, at which NFE and solver (None: trained)."""
+    """One result to compute for every input: which stage spec, at which NFE and solver, with which
+    consistency step (None: the stage's trained settings and default step)."""
 
     label: str
     spec: str
     nfe: int | None = None
     solver: str | None = None
+    consistency: str | None = None
 
     def describe(self) -> str:
         settings = f"{self.nfe} NFE" if self.nfe else "trained NFE"
         stages = CASCADE_SEPARATOR.join(Path(stage).name for stage in cascade_stages(self.spec))
-        return f"{self.label}: {stages} · {settings}" + (f" · {self.solver}" if self.solver else "")
+        extras = [value for value in (self.solver, self.consistency) if value]
+        return f"{self.label}: {stages} · {settings}" + "".join(f" · {value}" for value in extras)
 
 
 @dataclass
@@ -137,7 +140,12 @@ def boost_uploads(
 
             started = time.perf_counter()
             output = pipeline(
-                images=image, seed=seed, nfe=request.nfe, solver=request.solver, progress=report
+                images=image,
+                seed=seed,
+                nfe=request.nfe,
+                solver=request.solver,
+                consistency=request.consistency,
+                progress=report,
             )
             seconds = time.perf_counter() - started
             result = output.images[0]

@@ -3,10 +3,11 @@
     make app                                             # after make demo: the demo's stage
     fmboost-app --stage runs/cfm_1k --stage runs/reflow_1k --stage runs/cfm_1k+runs/cfm_2k
 
-Upload one or more images (or pick an example), choose up to three results (a stage, cascade or student,
-each at its own NFE and solver) and boost. The compare view puts the input enlarged bicubically beside
-the results, with a before/after slider and a zoom that shows the same region of every column at full
-resolution. Each result downloads as PNG with the JSON sidecar ``fmboost-generate`` writes.
+Upload one or more images (or pick an example), choose up to three results (a stage, cascade or
+student, each at its own NFE, solver and consistency step) and boost. The compare view puts the input
+enlarged bicubically beside the results, with a before/after slider and a zoom that shows the same
+region of every column at full resolution. Each result downloads as PNG with the JSON sidecar
+``fmboost-generate`` writes.
 
 The server binds to 127.0.0.1 and shares nothing unless asked (``--host``, ``--share``). One boost runs
 at a time and at most ``--queue-size`` wait, so users cannot exhaust memory; uploads above
@@ -25,7 +26,7 @@ from fmboost.cli import (
     add_output_limit_argument,
     report_errors,
 )
-from fmboost.config import MemoryBound
+from fmboost.config import CONSISTENCY_MODES, MemoryBound
 from fmboost.errors import FMBoostError
 
 logger = logging.getLogger("fmboost.app")
@@ -33,6 +34,9 @@ logger = logging.getLogger("fmboost.app")
 DEMO_STAGES = ("runs/demo_taef2", "runs/demo")  # what make demo trains, with TAEF2 or in pixel space
 NO_RESULT = "—"
 SOLVERS = ("trained", "euler", "midpoint", "rk4", "dopri5")
+STAGE_DEFAULT = "stage default"
+CONSISTENCY_CHOICES = (STAGE_DEFAULT, *CONSISTENCY_MODES)
+SLOT_WIDGETS = 4  # per result: stage, NFE, solver, consistency step
 RESULT_SLOTS = ("A", "B", "C")
 
 
@@ -132,16 +136,23 @@ class Handlers:
 
     @staticmethod
     def requests_from(slots: list):
-        """The results asked for: each slot's (stage, NFE, solver), unless its stage is left empty."""
+        """The results asked for: each slot's (stage, NFE, solver, consistency step), unless its stage is
+        left empty."""
         from fmboost.app.boosting import Request
 
         requests = []
-        for label, (spec, nfe, solver) in zip(
-            RESULT_SLOTS, zip(*[iter(slots)] * 3, strict=True), strict=True
+        for label, (spec, nfe, solver, consistency) in zip(
+            RESULT_SLOTS, zip(*[iter(slots)] * SLOT_WIDGETS, strict=True), strict=True
         ):
             if spec and spec != NO_RESULT:
                 requests.append(
-                    Request(label, spec, int(nfe) or None, None if solver == "trained" else solver)
+                    Request(
+                        label,
+                        spec,
+                        int(nfe) or None,
+                        None if solver == "trained" else solver,
+                        None if consistency == STAGE_DEFAULT else consistency,
+                    )
                 )
         return requests
 
@@ -209,7 +220,8 @@ def input_column(gr, examples: list[str]):
 
 
 def settings_column(gr, stages: list[str]):
-    """Up to three results (a stage, its NFE and solver each), the seed, the flow tile size, the button."""
+    """Up to three results (a stage, its NFE, solver and consistency step each), the seed, the flow tile
+    size, the button."""
     with gr.Column(scale=1):
         slots = []
         for index, label in enumerate(RESULT_SLOTS):
@@ -225,6 +237,15 @@ def settings_column(gr, stages: list[str]):
                 )
                 slots.append(
                     gr.Dropdown(list(SOLVERS), value="trained", label="Solver", elem_id=f"solver_{label}")
+                )
+                slots.append(
+                    gr.Dropdown(
+                        list(CONSISTENCY_CHOICES),
+                        value=STAGE_DEFAULT,
+                        label="Hold to the input",
+                        info="projection: its downsampling gives the input back; adain, wavelet: colours",
+                        elem_id=f"consistency_{label}",
+                    )
                 )
         with gr.Row():
             seed = gr.Number(0, label="Seed", precision=0)

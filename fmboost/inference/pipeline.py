@@ -16,8 +16,13 @@ refused before any work.
 The stages run in ``dtype`` (bf16 on GPUs by default); the autoencoder's encode, context and decode
 run autocast to it, as encoding the training data did (``precision: auto``).
 
+After decoding, a consistency step (:mod:`fmboost.consistency`) corrects the result against the
+low-res input: the given images, or the given or generated latents decoded. ``consistency=None`` takes
+the last stage's default (``flow.consistency``: ``projection`` for clean 2× stages). A cascade applies
+it once, after its last stage, against the original input: the whole scale factor in one projection.
+
 ``timings`` holds seconds per step: ``base`` or ``encode``, then per stage ``context_N`` (its context
-upsampling) and ``stage_N`` (the ODE solve), then ``decode``.
+upsampling) and ``stage_N`` (the ODE solve), then ``decode`` and ``consistency`` (with a step).
 
 ``compile=True`` compiles every stage's flow network and the autoencoder (:mod:`fmboost.inference.compile`;
 CUDA graphs on CUDA). The first call with a new input shape or NFE compiles: it runs once untimed and its
@@ -25,6 +30,7 @@ time is reported as ``timings["warmup"]``, apart from the timings of the call it
 """
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +43,7 @@ import torch
 from PIL import Image
 
 from fmboost.config import FirstStageConfig, MemoryBound
+from fmboost.consistency import check_consistency_mode, enforce_consistency
 from fmboost.devices import autocast_to, precision_dtype, resolve_device
 from fmboost.errors import FMBoostError, WeightsError
 from fmboost.first_stage import build_first_stage
@@ -46,6 +53,8 @@ from fmboost.image_processing import to_pil
 from fmboost.inference.compile import compile_for_inference
 from fmboost.models import FMBoostModel
 
+logger = logging.getLogger("fmboost.pipeline")
+
 
 @dataclass
 class PipelineOutput:
@@ -53,6 +62,7 @@ class PipelineOutput:
     latents: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     nfe: list[int] = field(default_factory=list)
+    consistency: str = "none"
 
 
 def load_base(base: str, device: torch.device, dtype: torch.dtype):
@@ -226,6 +236,7 @@ class FMBoostPipeline:
         nfe: Sequence[int | None] | int | None = None,
         solver: Sequence[str | None] | str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        consistency: str | None = None,
         **base_kwargs: Any,
     ) -> PipelineOutput:
         """Generate from ``prompts`` (needs a base), or boost scaled ``latents`` or ``images`` in [-1, 1].
@@ -233,7 +244,9 @@ class FMBoostPipeline:
         ``nfe``/``solver`` apply to every stage, or give one value per stage; ``None`` keeps each
         stage's trained default. ``progress(stage, evaluations)`` is called before each network
         evaluation of a stage (numbered from 1) with the count so far, e.g. for a progress bar.
-        ``base_kwargs`` go to the base pipeline (e.g. ``num_inference_steps``).
+        ``consistency``: the step after decoding (``none``, ``adain``, ``wavelet``, ``projection``;
+        ``None``: the last stage's default). ``base_kwargs`` go to the base pipeline (e.g.
+        ``num_inference_steps``).
         """
         if sum(x is not None for x in (prompts, latents, images)) != 1:
             raise FMBoostError("give exactly one of prompts, latents or images")
@@ -245,15 +258,17 @@ class FMBoostPipeline:
         )
         if len(nfes) != len(self.stages) or len(solvers) != len(self.stages):
             raise FMBoostError(f"give one nfe/solver for all stages or one per stage ({len(self.stages)})")
+        mode = self.default_consistency if consistency is None else consistency
+        check_consistency_mode(mode)
         inputs = next(x for x in (prompts, latents, images) if x is not None)
         call = (len(inputs), tuple(getattr(inputs, "shape", ())), tuple(nfes), tuple(solvers))
         warmup = None
         if self.compiled and call not in self.warm_calls:  # compiles: time it apart
             started = time.perf_counter()
-            self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, None)
+            self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, None, mode)
             warmup = time.perf_counter() - started
             self.warm_calls.add(call)
-        output = self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, progress)
+        output = self.generate(prompts, latents, images, seed, nfes, solvers, base_kwargs, progress, mode)
         if warmup is not None:
             output.timings["warmup"] = warmup
         return output
@@ -268,8 +283,10 @@ class FMBoostPipeline:
         solvers: list[str | None],
         base_kwargs: dict[str, Any],
         progress: Callable[[int, int], None] | None,
+        consistency: str,
     ) -> PipelineOutput:
-        """One generation with per-stage ``nfes``/``solvers`` (checked by :meth:`__call__`)."""
+        """One generation with per-stage ``nfes``/``solvers`` and a ``consistency`` step (checked by
+        :meth:`__call__`)."""
         timings: dict[str, float] = {}
         generator = torch.Generator().manual_seed(seed)
         fs = self.first_stage
@@ -289,6 +306,9 @@ class FMBoostPipeline:
         else:
             z = latents.to(self.device)
         self.check_output_size(tuple(z.shape[-2:]), "this input")
+        low = None
+        if consistency != "none":
+            low = images if images is not None else self.decode_input(z)
         used = []
         for index, (stage, context_fs, stage_nfe, stage_solver) in enumerate(
             zip(self.stages, self.context_first_stages, nfes, solvers, strict=True), 1
@@ -309,4 +329,25 @@ class FMBoostPipeline:
             used.append(solution.nfe)
         with self.stopwatch(timings, "decode"), self.first_stage_precision():
             pixels = fs.decode_scaled(z)
-        return PipelineOutput(to_pil(pixels), z.cpu(), timings, used)
+        if low is not None:
+            logger.info(
+                "consistency: %s of the %d×%d result against the %d×%d input",
+                consistency,
+                pixels.shape[-1],
+                pixels.shape[-2],
+                low.shape[-1],
+                low.shape[-2],
+            )
+            with self.stopwatch(timings, "consistency"):
+                pixels = enforce_consistency(pixels, low, consistency)
+        return PipelineOutput(to_pil(pixels), z.cpu(), timings, used, consistency)
+
+    @property
+    def default_consistency(self) -> str:
+        """The consistency step of the last stage: it makes the result, so it knows its inputs' kind."""
+        return self.stages[-1].flow_config.consistency
+
+    def decode_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Low-res latents as images: the input the consistency step holds the result to."""
+        with self.first_stage_precision():
+            return self.first_stage.decode_scaled(latents).float()

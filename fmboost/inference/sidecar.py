@@ -31,5 +31,6 @@ def sidecar(
         "stages": [str(stage) for stage in stages],
         "nfe": output.nfe,
         "solver": solver,
+        "consistency": output.consistency,
         "timings_s": output.timings,
     }

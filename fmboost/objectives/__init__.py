@@ -7,7 +7,7 @@
 - ``reflow`` / ``shortcut``: few-step students of a trained ``cfm`` stage (:mod:`.distillation`).
 """
 
-from fmboost.config import FlowConfig, UNetConfig, require
+from fmboost.config import CONSISTENCY_MODES, FlowConfig, UNetConfig, require
 from fmboost.flow.sampling import validate_solver
 from fmboost.flow.upsampling import UPSAMPLERS
 from fmboost.noise_schedule import NUM_STEPS
@@ -35,6 +35,11 @@ def validate_flow(flow: FlowConfig, model: UNetConfig) -> None:
     validate_solver(flow.solver, flow.nfe, "flow")
     require(0 <= flow.noise_aug_step < NUM_STEPS, "flow.noise_aug_step", f"must lie in [0, {NUM_STEPS - 1}]")
     require(flow.scale_factor >= 1, "flow.scale_factor", "must be at least 1")
+    require(
+        flow.consistency in CONSISTENCY_MODES,
+        "flow.consistency",
+        f"unknown step {flow.consistency!r}; choose one of {', '.join(CONSISTENCY_MODES)}",
+    )
     validate_student(flow)
     require(
         model.in_channels in (None, expected),

@@ -39,7 +39,8 @@ def test_base_then_one_stage_doubles_the_base_resolution(pipeline):
     output = pipeline(prompts=["a red fox", "a blue bird"], seed=0, num_inference_steps=2)
     assert [image.size for image in output.images] == [(32, 32), (32, 32)]  # base: 8² latents, 16 px
     assert output.latents.shape == (2, 4, 16, 16)
-    assert set(output.timings) == {"base", "context_1", "stage_1", "decode"} and output.nfe == [2]
+    assert set(output.timings) == {"base", "context_1", "stage_1", "decode", "consistency"}
+    assert output.nfe == [2] and output.consistency == "projection"  # a clean stage's default
 
 
 def test_two_cascaded_stages_give_four_times_the_base_resolution(tiny_sd, stage):
@@ -49,7 +50,8 @@ def test_two_cascaded_stages_give_four_times_the_base_resolution(tiny_sd, stage)
     )
     assert output.images[0].size == (64, 64)
     assert output.nfe == [2, 4]
-    assert set(output.timings) == {"base", "context_1", "stage_1", "context_2", "stage_2", "decode"}
+    stages = {"context_1", "stage_1", "context_2", "stage_2"}
+    assert set(output.timings) == {"base", *stages, "decode", "consistency"}
 
 
 @pytest.mark.parametrize(("dtype", "expected"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
