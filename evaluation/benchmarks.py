@@ -1,7 +1,8 @@
 """The benchmarks, one function each of the same shape: ``(recorder, entries, generators, loader) → grid``.
 
 - ``upsampling`` (paper Tab. 2): held-out latent pairs; every model and baseline upsamples the stored
-  context; PSNR/SSIM against the ground truth, FID and p-FID when Inception loads.
+  context, once, and each consistency step corrects that output; PSNR/SSIM against the ground truth,
+  LR-PSNR/LR-SSIM against the low-res input, FID and p-FID when Inception loads.
 - ``zero_shot`` (paper Tab. 1): captions of held-out shards → base LDM → CFM stages; CLIP, FID, p-FID
   against the reference images.
 
@@ -23,7 +24,16 @@ from fmboost.errors import FMBoostError
 from fmboost.first_stage.base import FirstStage
 from fmboost.image_processing import from_uint8, resize_images, to_uint8
 from fmboost.inference.pipeline import FMBoostPipeline
-from fmboost.inference.upsampling_eval import Upsampled, baseline, ground_truth, low_res_preview, upsample
+from fmboost.inference.upsampling_eval import (
+    Upsampled,
+    baseline,
+    consistency_input,
+    ground_truth,
+    low_res_preview,
+    upsample,
+    upscale_factor,
+    with_consistency,
+)
 from fmboost.models import FMBoostModel
 
 logger = logging.getLogger("evaluation.benchmarks")
@@ -31,11 +41,13 @@ logger = logging.getLogger("evaluation.benchmarks")
 
 @dataclass
 class Generators:
-    """What produces images: CFM stages by label (upsampling) or a base-to-stages pipeline (zero-shot)."""
+    """What produces images: CFM stages by label (upsampling) or a base-to-stages pipeline (zero-shot);
+    ``degraded_inputs``: the held-out low-res inputs were degraded at encode time."""
 
     first_stage: FirstStage
     models: dict[str, FMBoostModel] = field(default_factory=dict)
     pipeline: FMBoostPipeline | None = None
+    degraded_inputs: bool = False
 
 
 Grid = dict[str, torch.Tensor]
@@ -86,26 +98,43 @@ def warm_up(generators: Generators, batch: dict) -> None:
         logger.info("warm-up of %s (torch.compile): %.1f s", label, time.perf_counter() - started)
 
 
+def raw_output(
+    recorder: Recorder,
+    generators: Generators,
+    entry: Entry,
+    batch: dict,
+    seed: int,
+    teacher: Upsampled | None,
+) -> Upsampled:
+    """The entry's output before any consistency step (the teacher's reference is not sampled twice)."""
+    config, fs = recorder.config, generators.first_stage
+    if entry.is_baseline:
+        return baseline(entry.model, batch, fs)
+    if teacher is not None and entry == Entry(
+        config.teacher or "", config.teacher_solver, config.teacher_nfe
+    ):
+        return teacher
+    return upsample(generators.models[entry.model], batch, fs, entry.solver, entry.nfe or None, seed)
+
+
 def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generators, loader) -> Grid:
-    """Every entry on every held-out batch, from the stored contexts; the teacher's reference once a batch."""
+    """Every entry on every held-out batch, from the stored contexts; the teacher's reference once a batch.
+    Entries that differ only in their consistency step correct one sample."""
     config, fs, grid = recorder.config, generators.first_stage, {}
-    reference_entry = Entry(config.teacher or "", config.teacher_solver, config.teacher_nfe)
     for batch_index, batch in enumerate(batches_for_this_task(recorder, loader, entries)):
         if config.compile and batch_index == 0:
             warm_up(generators, batch)
         real = ground_truth(batch, fs)
+        low = consistency_input(batch, fs, real, generators.degraded_inputs)
         seed = batch_seed(config.seed, batch["keys"])
-        upscale = batch["x1"].shape[-1] // batch["z_low"].shape[-1]
         reference = teacher_reference(recorder, generators, batch, seed)
+        raw: dict[Entry, Upsampled] = {}
         for entry in entries:
-            if entry.is_baseline:
-                result = baseline(entry.model, batch, fs)
-            elif entry == reference_entry:
-                result = reference
-            else:
-                result = upsample(
-                    generators.models[entry.model], batch, fs, entry.solver, entry.nfe or None, seed
-                )
+            plain = entry.without_consistency
+            if plain not in raw:
+                raw[plain] = raw_output(recorder, generators, plain, batch, seed, reference)
+            result = with_consistency(raw[plain], low, entry.consistency)
+            compares_to_teacher = reference is not None and result is not reference and entry == plain
             recorder.record(
                 entry,
                 result.images,
@@ -113,9 +142,9 @@ def run_upsampling(recorder: Recorder, entries: list[Entry], generators: Generat
                 result.timings,
                 result.nfe,
                 seed,
-                upscale=upscale,
-                teacher=None if reference is None or entry == reference_entry else reference.images,
-                variants=seed_variants(recorder, generators, entry, batch, seed),
+                upscale=upscale_factor(batch),
+                teacher=reference.images if compares_to_teacher else None,
+                variants=seed_variants(recorder, generators, entry, batch, seed) if entry == plain else None,
             )
             if batch_index == 0:
                 grid[entry.label] = result.images
@@ -151,6 +180,7 @@ def run_zero_shot(recorder: Recorder, entries: list[Entry], generators: Generato
                 seed=seed,
                 nfe=entry.nfe or None,
                 solver=entry.solver,
+                consistency=entry.consistency,
                 num_inference_steps=config.base_steps,
                 guidance_scale=config.guidance_scale,
             )

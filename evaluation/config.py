@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmboost.config import LoggingConfig, merge_layers, read_layers
+from fmboost.config import CONSISTENCY_MODES, LoggingConfig, merge_layers, read_layers
 from fmboost.errors import ConfigError
 from fmboost.flow.sampling import SOLVERS
 from fmboost.inference.upsampling_eval import BASELINES
@@ -36,17 +36,24 @@ class EvalRunConfig:
     stages, applied in order after ``base``. ``baselines`` need no model (see
     :mod:`fmboost.inference.upsampling_eval`): ``bicubic`` enlarges the decoded low-res image,
     ``context`` decodes the model's upsampled context, ``latent_bilinear`` (an ablation) resizes the
-    low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise.
+    low-res latent, ``context`` is the model's own upsampled context (PSU), i.e. the ODE start without noise,
+    and ``first_stage_ceiling`` decodes the ground truth's own latent: what no latent method can beat.
+
+    ``consistency``: every model and baseline is scored once per consistency step listed
+    (:mod:`fmboost.consistency`: ``none``, ``adain``, ``wavelet``, ``projection``), from the same samples.
     """
 
     benchmark: str = "upsampling"
     models: list[str] = field(default_factory=lambda: [DEMO_RUN])
-    baselines: list[str] = field(default_factory=lambda: ["bicubic", "context", "latent_bilinear"])
+    baselines: list[str] = field(
+        default_factory=lambda: ["bicubic", "context", "latent_bilinear", "first_stage_ceiling"]
+    )
     data: str = "data/latents/sample/shards/000004.tar"
     require_degraded: bool = False
     compile: bool = False
     num_images: int = 64
     batch_size: int = 8
+    consistency: list[str] = field(default_factory=lambda: ["none"])
     solvers: list[str] = field(default_factory=lambda: ["euler"])
     nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10, 20, 40, 50])
     extra_nfe: dict[str, list[int]] = field(default_factory=dict)
@@ -83,6 +90,9 @@ def validate_eval_config(config: EvalRunConfig) -> None:
     choices(config.metrics, METRICS, "metrics")
     choices(config.solvers, SOLVERS, "solvers")
     choices(config.baselines, BASELINES, "baselines")
+    choices(config.consistency, CONSISTENCY_MODES, "consistency")
+    if not config.consistency or len(set(config.consistency)) < len(config.consistency):
+        raise ConfigError("consistency: list each step once, at least one (none: the raw output)")
     if config.benchmark == "zero_shot" and not config.base:
         raise ConfigError(
             "base: the zero_shot benchmark needs a base LDM (a diffusers pipeline directory or hub id)"

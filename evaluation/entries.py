@@ -1,7 +1,7 @@
 """The rows of an evaluation: which models and baselines run with which solver and NFE budget."""
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluation.config import EvalRunConfig
@@ -10,15 +10,23 @@ from fmboost.flow.sampling import ADAPTIVE_SOLVERS, is_valid_nfe
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the results: a model (or baseline) with a solver and an NFE budget."""
+    """One row of the results: a model (or baseline) with a solver and an NFE budget, and the
+    consistency step its output goes through (:mod:`fmboost.consistency`)."""
 
     model: str
     solver: str = "-"
     nfe: int = 0
+    consistency: str = "none"
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.solver}|{self.nfe}"
+        key = f"{self.model}|{self.solver}|{self.nfe}"
+        return key if self.consistency == "none" else f"{key}|{self.consistency}"
+
+    @property
+    def without_consistency(self) -> "Entry":
+        """The entry whose raw output this one corrects."""
+        return replace(self, consistency="none")
 
     @property
     def is_baseline(self) -> bool:
@@ -26,7 +34,8 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return self.model if self.is_baseline else f"{self.model} {self.solver} {self.nfe}"
+        label = self.model if self.is_baseline else f"{self.model} {self.solver} {self.nfe}"
+        return label if self.consistency == "none" else f"{label} + {self.consistency}"
 
 
 def model_labels(paths: list[str]) -> list[str]:
@@ -43,7 +52,8 @@ def model_labels(paths: list[str]) -> list[str]:
 
 def sweep_entries(config: EvalRunConfig, labels: list[str]) -> list[Entry]:
     """Baselines, then every model × solver × NFE the solver can spend exactly (dopri5 once, adaptive);
-    a model's ``extra_nfe`` join the sweep's NFE list for it alone."""
+    a model's ``extra_nfe`` join the sweep's NFE list for it alone. Each row comes once per consistency
+    step of ``config.consistency``, next to each other."""
     entries = [Entry(name) for name in config.baselines]
     for label in labels:
         budgets = sorted({*config.nfe, *config.extra_nfe.get(label, [])})
@@ -52,7 +62,7 @@ def sweep_entries(config: EvalRunConfig, labels: list[str]) -> list[Entry]:
                 entries.append(Entry(label, solver, 0))
                 continue
             entries += [Entry(label, solver, nfe) for nfe in budgets if is_valid_nfe(solver, nfe)]
-    return entries
+    return [replace(entry, consistency=mode) for entry in entries for mode in config.consistency]
 
 
 def variant_seed(seed: int, variant: int) -> int:

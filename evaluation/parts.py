@@ -119,6 +119,7 @@ def result_rows(part: Part, entries: list[Entry]) -> list[dict[str, Any]]:
             "model": entry.model,
             "solver": entry.solver,
             "nfe": entry.nfe,
+            "consistency": entry.consistency,
             "nfe_used": sums.nfe_used / sums.count,
             "images": sums.count,
             "seconds_per_image": sums.seconds / sums.count,

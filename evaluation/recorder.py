@@ -100,7 +100,7 @@ class Recorder:
         """
         scores: dict[str, float] = {}
         if self.config.benchmark == "upsampling":
-            scores |= {name: float(values.sum()) for name, values in score(generated, real).items()}
+            scores |= {name: float(values.sum()) for name, values in score(generated, real, upscale).items()}
         if upscale is not None and any(metric in self.metrics for metric in DETAIL_METRICS):
             details = detail_metrics(generated, real, upscale)
             scores |= {name: float(values.sum()) for name, values in details.items() if name in self.metrics}

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 METRIC_TITLES = {
     "psnr": "PSNR ↑",
     "ssim": "SSIM ↑",
+    "lr_psnr": "LR-PSNR ↑",
+    "lr_ssim": "LR-SSIM ↑",
     "hf_ratio": "HF ratio (1 ideal)",
     "spectral_distance": "spectral dist. ↓",
     "fid": "FID ↓",
@@ -27,6 +29,7 @@ COLUMNS = [
     ("model", "model"),
     ("solver", "solver"),
     ("nfe", "NFE"),
+    ("consistency", "consistency"),
     ("nfe_used", "NFE used"),
     *METRIC_TITLES.items(),
 ]
@@ -50,25 +53,27 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = 
 
 
 def plot_against_nfe(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """One figure per metric: a line per (model, solver) over NFE; baselines as horizontal lines."""
+    """One figure per metric: a line per (model, solver, consistency step) over NFE; baselines as
+    horizontal lines."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for metric in PLOTTED:
         if not any(row.get(metric) is not None for row in rows):
             continue
         figure, axis = plt.subplots(figsize=(6, 4))
-        curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        curves: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
             if row.get(metric) is None:
                 continue
+            corrected = "" if row.get("consistency", "none") == "none" else f" + {row['consistency']}"
             if row["solver"] == "-":
-                axis.axhline(row[metric], linestyle="--", color="gray", label=row["model"])
+                axis.axhline(row[metric], linestyle="--", color="gray", label=row["model"] + corrected)
             else:
                 x = row["nfe_used"] if row["solver"] == "dopri5" else row["nfe"]
-                curves.setdefault((row["model"], row["solver"]), []).append((x, row[metric]))
-        for (model, solver), points in curves.items():
+                curves.setdefault(f"{row['model']} ({row['solver']}){corrected}", []).append((x, row[metric]))
+        for label, points in curves.items():
             points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model} ({solver})")
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         axis.set_xscale("log")
         axis.set_xlabel("NFE")
         axis.set_ylabel(metric)

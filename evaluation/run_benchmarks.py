@@ -116,7 +116,10 @@ def upsampling_generators(
     loader, dataset = validation_loader(
         config.data, upsampling or "psu_roundtrip", config.batch_size, task=task, num_tasks=tasks
     )
-    generators = Generators(build_first_stage(dataset.manifest.first_stage).to(device), models)
+    degraded = dataset.manifest.preprocessing.get("degradation") is not None
+    generators = Generators(
+        build_first_stage(dataset.manifest.first_stage).to(device), models, None, degraded
+    )
     for model in models.values():
         model.check_first_stage(generators.first_stage)
     if config.compile:
@@ -139,7 +142,7 @@ def zero_shot_generators(config: EvalRunConfig, model_dirs: list[Path], task: in
     loader, dataset = validation_loader(
         config.data, upsampling, config.batch_size, task=task, num_tasks=tasks
     )
-    entries = [Entry("cascade", e.solver, e.nfe) for e in sweep_entries(config, ["cascade"])]
+    entries = [Entry("cascade", e.solver, e.nfe, e.consistency) for e in sweep_entries(config, ["cascade"])]
     return loader, dataset, Generators(pipeline.first_stage, pipeline=pipeline), entries
 
 
@@ -153,8 +156,9 @@ def log_to_mlflow(config: EvalRunConfig, rows: list[dict], written: list[Path], 
     )
     tracker.log_params(to_flat_dict(config))
     for row in rows:
+        corrected = "" if row["consistency"] == "none" else f"{row['consistency']}/"
         metrics = {
-            f"{row['model']}/{row['solver']}/{key}": value
+            f"{row['model']}/{row['solver']}/{corrected}{key}": value
             for key, value in row.items()
             if isinstance(value, float) and key not in ("nfe", "nfe_used")
         }

@@ -5,9 +5,18 @@ import pytest
 import torch
 
 from fmboost.config import FlowConfig
+from fmboost.consistency import downsample, enforce_consistency
 from fmboost.first_stage.identity import IdentityFirstStage
-from fmboost.image_processing import to_uint8
-from fmboost.inference.upsampling_eval import baseline, ground_truth, low_res_preview, score, upsample
+from fmboost.image_processing import from_uint8, to_uint8
+from fmboost.inference.upsampling_eval import (
+    baseline,
+    consistency_input,
+    ground_truth,
+    low_res_preview,
+    score,
+    upsample,
+    with_consistency,
+)
 from fmboost.models import FMBoostModel
 from tests.conftest import tiny_unet_config
 
@@ -71,3 +80,35 @@ def test_the_bicubic_baseline_enlarges_the_decoded_low_res_image_with_pil():
     expected = np.asarray(Image.fromarray(low).resize((16, 16), Image.Resampling.BICUBIC))
     assert result.images.shape == (2, 3, 16, 16) and result.images.dtype == torch.uint8
     assert np.array_equal(result.images[0].permute(1, 2, 0).numpy(), expected)
+
+
+def test_the_first_stage_ceiling_decodes_the_ground_truths_own_latent():
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    assert torch.equal(baseline("first_stage_ceiling", batch, first_stage).images, to_uint8(batch["x1"]))
+
+
+def test_lr_psnr_compares_the_output_and_the_truth_downsampled_as_the_input_was_made():
+    truth = pixel_batch()["images"]
+    low = downsample(from_uint8(truth), (8, 8))
+    # an output with the truth's low band and other detail: far from the truth, consistent with the input
+    wrong_detail = from_uint8(truth) + 0.5 * (
+        torch.rand(truth.shape, generator=torch.Generator().manual_seed(1)) - 0.5
+    )
+    held = to_uint8(enforce_consistency(wrong_detail.clamp(-1, 1), low, "projection"))
+    scores = score(held, truth, upscale=2)
+    assert (scores["lr_psnr"] > 45).all() and (scores["psnr"] < 30).all()
+    assert set(score(held, truth)) == {"psnr", "ssim"}  # without the factor: no low-res scores
+    assert "lr_ssim" not in scores  # 8-px low-res images are smaller than SSIM's 11-px window
+    assert set(score(held.repeat(1, 1, 2, 2), truth.repeat(1, 1, 2, 2), upscale=2)) >= {"lr_psnr", "lr_ssim"}
+
+
+def test_the_consistency_input_is_the_truth_downsampled_or_for_degraded_inputs_the_decoded_low_res_latent():
+    batch, first_stage = pixel_batch(), IdentityFirstStage()
+    real = ground_truth(batch, first_stage)
+    clean = consistency_input(batch, first_stage, real, degraded=False)
+    assert torch.allclose(clean, downsample(from_uint8(real), (8, 8)))
+    assert torch.equal(consistency_input(batch, first_stage, real, degraded=True), batch["z_low"])
+    raw = upsample(FMBoostModel(tiny_unet_config(), FlowConfig(nfe=1)), batch, first_stage, "euler", 1, 0)
+    held = with_consistency(raw, clean, "projection")
+    assert held.nfe == raw.nfe and set(held.timings) == {*raw.timings, "consistency"}
+    assert with_consistency(raw, clean, "none") is raw

@@ -13,25 +13,46 @@ from evaluation.report import METRIC_TITLES, markdown_table, plot_training_losse
 logger = logging.getLogger("evaluation.run_experiment")
 
 
+def method_name(name: str, consistency: str) -> str:
+    return name if consistency == "none" else f"{name} + {consistency}"
+
+
 def tables(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
-    """The results.json layout: per arm and NFE (the NFE used, for adaptive solvers), and per baseline."""
+    """The results.json layout: per arm and NFE (the NFE used, for adaptive solvers), and per baseline.
+    An arm's outputs corrected by a consistency step go under its ``consistency`` by step and NFE; a
+    corrected baseline is a baseline of its own (``bicubic + projection``)."""
     results: dict[str, Any] = {"arms": {arm: {"nfe": {}} for arm in arms}, "baselines": {}}
     for row in rows:
-        metrics = {k: v for k, v in row.items() if k not in ("model", "solver", "nfe", "images")}
+        mode = row.get("consistency", "none")
+        metrics = {
+            k: v for k, v in row.items() if k not in ("model", "solver", "nfe", "images", "consistency")
+        }
         if row["solver"] == "-":
-            results["baselines"][row["model"]] = metrics
-        else:
-            nfe = row["nfe"] or round(row["nfe_used"])
-            results["arms"][row["model"]]["nfe"][str(nfe)] = {"solver": row["solver"], **metrics}
+            results["baselines"][method_name(row["model"], mode)] = metrics
+            continue
+        arm = results["arms"][row["model"]]
+        table = arm if mode == "none" else arm.setdefault("consistency", {}).setdefault(mode, {"nfe": {}})
+        nfe = row["nfe"] or round(row["nfe_used"])
+        table["nfe"][str(nfe)] = {"solver": row["solver"], **metrics}
     return results
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """One row per baseline and per arm × NFE, the paper's metrics as columns."""
-    rows = [{"method": name, "nfe": "–", **values} for name, values in results["baselines"].items()]
+def arm_tables(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every arm's table by method name: the raw outputs, then each consistency step's."""
+    named = {}
     for arm, per_arm in results["arms"].items():
-        for nfe, values in sorted(per_arm["nfe"].items(), key=lambda item: int(item[0])):
-            rows.append({"method": arm, **values, "nfe": nfe})
+        named[arm] = per_arm
+        for mode, corrected in per_arm.get("consistency", {}).items():
+            named[method_name(arm, mode)] = corrected
+    return named
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One row per baseline and per arm × NFE (and consistency step), the paper's metrics as columns."""
+    rows = [{"method": name, "nfe": "–", **values} for name, values in results["baselines"].items()]
+    for method, table in arm_tables(results).items():
+        for nfe, values in sorted(table["nfe"].items(), key=lambda item: int(item[0])):
+            rows.append({"method": method, **values, "nfe": nfe})
     return markdown_table(rows, [("method", "method"), ("nfe", "NFE"), *METRIC_TITLES.items()])
 
 
@@ -70,6 +91,10 @@ def report(
         child.log_params({"arm": arm.name, "overrides": " ".join(arm.overrides)})
         for nfe, values in results["arms"][arm.name]["nfe"].items():
             child.log_metrics({k: v for k, v in values.items() if isinstance(v, float)}, step=int(nfe))
+        for mode, corrected in results["arms"][arm.name].get("consistency", {}).items():
+            for nfe, values in corrected["nfe"].items():
+                floats = {f"{mode}/{k}": v for k, v in values.items() if isinstance(v, float)}
+                child.log_metrics(floats, step=int(nfe))
         child.finish()
     parent.finish()
     logger.info("MLflow: mlflow ui --backend-store-uri %s (run %s)", parent.tracking_uri, parent.run_id)

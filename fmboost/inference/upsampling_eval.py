@@ -10,7 +10,12 @@ Baselines (no model):
 - ``bicubic``: the low-res latent decoded and the *image* enlarged with PIL's bicubic filter: what a
   user does without FMBoost;
 - ``context``: the model's upsampled context ``z_up`` decoded (the ODE start without noise);
-- ``latent_bilinear``: the low-res latent resized *in latent space*: an ablation, not a real baseline.
+- ``latent_bilinear``: the low-res latent resized *in latent space*: an ablation, not a real baseline;
+- ``first_stage_ceiling``: the ground truth's own high-res latent decoded: the ground truth encoded and
+  decoded by the first stage, which no latent method can beat. It shows what the autoencoder costs.
+
+Any result can go through a consistency step (:mod:`fmboost.consistency`) against the low-res input,
+and :func:`score` adds its consistency with that input: LR-PSNR and LR-SSIM.
 
 Example:
     >>> loader, dataset = validation_loader("data/latents/val", "psu_roundtrip", batch_size=8)
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fmboost.consistency import downsample, enforce_consistency
 from fmboost.data import LatentDataset, ValidationStream, make_loader, resolve_dataset
 from fmboost.data.dataset import SampleTransform
 from fmboost.first_stage.base import FirstStage
@@ -34,7 +40,8 @@ from fmboost.image_processing import from_uint8, resize_images, to_pil, to_uint8
 from fmboost.metrics import psnr, ssim
 from fmboost.models import FMBoostModel
 
-BASELINES = ("bicubic", "context", "latent_bilinear")
+BASELINES = ("bicubic", "context", "latent_bilinear", "first_stage_ceiling")
+SSIM_WINDOW = 11  # SSIM's Gaussian window: low-res images smaller than this get no LR-SSIM
 
 
 @dataclass
@@ -70,6 +77,38 @@ def ground_truth(batch: dict, first_stage: FirstStage) -> torch.Tensor:
     return batch["images"] if "images" in batch else decode(first_stage, batch["x1"])
 
 
+def upscale_factor(batch: dict) -> int:
+    """How many times larger the high-res latents of ``batch`` are than its low-res ones."""
+    return batch["x1"].shape[-1] // batch["z_low"].shape[-1]
+
+
+def low_res_size(images: torch.Tensor, upscale: int) -> tuple[int, int]:
+    return images.shape[-2] // upscale, images.shape[-1] // upscale
+
+
+def consistency_input(
+    batch: dict, first_stage: FirstStage, real: torch.Tensor, degraded: bool
+) -> torch.Tensor:
+    """The low-res input a consistency step corrects against, as model images.
+
+    Clean inputs were made from the high-res crop by :func:`~fmboost.consistency.downsample`, so the
+    ground truth downsampled the same way is the input (up to the stored JPEG's error). Degraded inputs
+    are not stored: their low-res latent, decoded, stands in for them.
+    """
+    if degraded:
+        return first_stage.decode_scaled(batch["z_low"]).float().cpu()
+    return downsample(from_uint8(real), low_res_size(real, upscale_factor(batch)))
+
+
+def with_consistency(result: "Upsampled", low: torch.Tensor, mode: str) -> "Upsampled":
+    """``result`` corrected by the consistency step ``mode`` against the low-res input ``low``."""
+    if mode == "none":
+        return result
+    started = time.perf_counter()
+    images = to_uint8(enforce_consistency(from_uint8(result.images), low, mode))
+    return Upsampled(images, result.nfe, {**result.timings, "consistency": time.perf_counter() - started})
+
+
 def low_res_preview(batch: dict, first_stage: FirstStage, size: tuple[int, int]) -> torch.Tensor:
     """The low-res input decoded and enlarged (nearest) to ``size``, for grids."""
     low = decode(first_stage, batch["z_low"]).float()
@@ -90,11 +129,13 @@ def baseline(name: str, batch: dict, first_stage: FirstStage) -> Upsampled:
     started = time.perf_counter()
     if name == "bicubic":
         low = decode(first_stage, batch["z_low"])
-        factor = batch["x1"].shape[-1] // batch["z_low"].shape[-1]
+        factor = upscale_factor(batch)
         images = bicubic(low, (low.shape[-2] * factor, low.shape[-1] * factor))
         return Upsampled(images, 0, {"sample": 0.0, "decode": time.perf_counter() - started})
     if name == "context":
         latents = batch["z_up"]
+    elif name == "first_stage_ceiling":
+        latents = batch["x1"]
     elif name == "latent_bilinear":
         latents = resize_images(batch["z_low"], tuple(batch["x1"].shape[-2:]), "bilinear")
     else:
@@ -121,7 +162,16 @@ def upsample(
     )
 
 
-def score(generated: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM of uint8 images against the ground truth."""
+def score(generated: torch.Tensor, real: torch.Tensor, upscale: int | None = None) -> dict[str, torch.Tensor]:
+    """Per-image PSNR (dB) and SSIM of uint8 images against the ground truth; with the ``upscale``
+    factor from the low-res input, also LR-PSNR and LR-SSIM: both downsampled by the kernel that made
+    the input (:func:`~fmboost.consistency.downsample`), i.e. the output against the clean low-res image."""
     as_float = from_uint8(generated), from_uint8(real)
-    return {"psnr": psnr(*as_float), "ssim": ssim(*as_float)}
+    scores = {"psnr": psnr(*as_float), "ssim": ssim(*as_float)}
+    if upscale is not None:
+        size = low_res_size(real, upscale)
+        low_generated, low_real = (downsample(images, size) for images in as_float)
+        scores["lr_psnr"] = psnr(low_generated, low_real)
+        if min(size) >= SSIM_WINDOW:
+            scores["lr_ssim"] = ssim(low_generated, low_real)
+    return scores

@@ -253,7 +253,8 @@ def test_the_default_evaluates_the_demo_run_and_asks_for_make_demo_when_there_is
     ]
     assert main([*defaults, "metrics=[psnr,ssim]"]) == 0
     rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
-    assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "demo"}
+    baselines = {"bicubic", "context", "latent_bilinear", "first_stage_ceiling"}
+    assert {row["model"] for row in rows} == {*baselines, "demo"}
 
 
 def test_each_task_evaluates_its_share_of_the_images_however_the_split_was_resolved():
@@ -388,7 +389,7 @@ def test_the_degraded_benchmark_refuses_clean_inputs_and_runs_on_degraded_ones(
 
     latents, stage = setup
     shipped = load_eval_config("configs/eval/sr4x_degraded.yaml", ["models=[]"])
-    assert shipped.require_degraded and shipped.baselines == ["bicubic", "context"]
+    assert shipped.require_degraded and shipped.baselines == ["bicubic", "context", "first_stage_ceiling"]
     assert {"psnr", "ssim", "hf_ratio", "spectral_distance", "fid", "pfid_fmboost"} == set(shipped.metrics)
     degraded_only = ["require_degraded=true", "nfe=[1]", "metrics=[psnr,ssim]"]
     assert main(overrides(latents, stage, tmp_path / "clean", *degraded_only)) == 2
@@ -403,7 +404,8 @@ def test_the_degraded_benchmark_refuses_clean_inputs_and_runs_on_degraded_ones(
     args = overrides(latents, stage, tmp_path / "results", *degraded_only, "num_images=4")
     args = [arg for arg in args if not arg.startswith("data=")] + [f"data={tmp_path / 'degraded'}"]
     result = run(load_eval_config(None, args), extractor=pixel_features)
-    assert {row["model"] for row in result["rows"]} == {"model", "bicubic", "context", "latent_bilinear"}
+    baselines = {"bicubic", "context", "latent_bilinear", "first_stage_ceiling"}
+    assert {row["model"] for row in result["rows"]} == {"model", *baselines}
     assert "low-res inputs degraded by the encoder" in caplog.text
 
 

@@ -75,11 +75,19 @@ def test_an_experiment_encodes_trains_every_arm_evaluates_them_together_and_resu
     assert held_out == ["train/img_03.png", "train/img_07.png"]  # every 4th training photo
     assert not any((root / "images" / "train" / name).exists() for name in held_out)
     results = json.loads((root / "results.json").read_text())
-    assert set(results["arms"]) == {"cfm", "l2"} and set(results["baselines"]) == {"bicubic", "context"}
+    references = {"bicubic", "context", "first_stage_ceiling"}  # each raw and held to its input
+    assert set(results["baselines"]) == references | {f"{name} + projection" for name in references}
+    assert set(results["arms"]) == {"cfm", "l2"}
+    raw, held = (
+        results["arms"]["cfm"]["nfe"]["2"],
+        results["arms"]["cfm"]["consistency"]["projection"]["nfe"]["2"],
+    )
+    assert held["lr_psnr"] > 45 > raw["lr_psnr"] and {"lr_ssim", "psnr"} <= set(held)
+    assert "| cfm + projection | 2 |" in (root / "results.md").read_text()
     assert set(results["arms"]["cfm"]["nfe"]) == {"1", "2"}
     assert {"psnr", "ssim", "hf_ratio", "spectral_distance"} <= set(results["arms"]["cfm"]["nfe"]["2"])
     assert results["settings"]["images"] == {"train": 6, "eval": 3}
-    assert (root / "results.md").read_text().startswith("| method | NFE | PSNR ↑ | SSIM ↑ | HF ratio")
+    assert (root / "results.md").read_text().startswith("| method | NFE | PSNR ↑ | SSIM ↑ | LR-PSNR ↑")
     assert (root / "samples_grid.png").is_file() and (root / "plots" / "psnr_vs_nfe.png").is_file()
     for arm in ("cfm", "l2"):  # the loss each arm logged at steps 1 and 2, as plotted
         logged = [
@@ -233,10 +241,9 @@ def test_a_degraded_4x_experiment_fine_tunes_on_degraded_pairs_and_evaluates_on_
     assert f"init_from: {root / 'runs' / 'clean'}" in finetuned
     assert str(root / "latents" / "train_degraded") in finetuned
     results = json.loads((root / "results.json").read_text())
-    assert set(results["arms"]) == {"clean", "finetuned"} and set(results["baselines"]) == {
-        "bicubic",
-        "context",
-    }
+    assert set(results["arms"]) == {"clean", "finetuned"}
+    assert {"bicubic", "context", "first_stage_ceiling", "bicubic + wavelet"} <= set(results["baselines"])
+    assert set(results["arms"]["finetuned"]["consistency"]) == {"adain", "wavelet", "projection"}
 
 
 def test_the_shipped_sr4x_experiment_has_the_issues_arms_and_degraded_latents_need_a_degradation(tmp_path):
