@@ -116,7 +116,8 @@ def projection(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         error = low - downsample(result, size)
         if error.abs().max() < TOLERANCE:
             break
-        result = (result + transposed(conjugate_gradients(gram, error, CG_ITERATIONS, TOLERANCE))).clamp(-1, 1)
+        correction = transposed(conjugate_gradients(gram, error, CG_ITERATIONS, TOLERANCE))
+        result = (result + correction).clamp(-1, 1)
     return result
 
 
