@@ -34,3 +34,13 @@ def test_the_first_picture_shows_every_column_with_its_metrics_on_the_first_wind
     assert list(record["metrics_mean"]) == ["bicubic", "CFM, 2 NFE", "reflow student, 1 NFE"]
     for name, metrics in record["metrics_per_tile"].items():
         assert len(metrics["psnr"]) == 3 and all(value > 0 for value in metrics["spectral_distance"]), name
+    assert record["consistency"] == "projection"  # the stage's default, as boosting applies it
+    boosted = ("CFM, 2 NFE", "reflow student, 1 NFE")
+    assert all(min(record["metrics_per_tile"][name]["lr_psnr"]) > 45 for name in boosted)
+    assert all(len(values["low_frequency_rmse"]) == 3 for values in record["metrics_per_tile"].values())
+
+    monkeypatch.setattr(sys, "argv", ["first_picture.py", *arguments, "--consistency", "none"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(REPO_ROOT / "scripts" / "first_picture.py"), run_name="__main__")
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert raw["consistency"] == "none" and max(raw["metrics_per_tile"]["CFM, 2 NFE"]["lr_psnr"]) < 45
