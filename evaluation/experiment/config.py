@@ -13,6 +13,11 @@ training images encoded with the ``degradation`` section. Such an arm trains aft
 low-res side of the evaluation images, with the recipe's seed so every arm sees the same inputs, and
 of a second encoding of the training images (``@degraded_latents``); the plain training data stays
 clean.
+
+``validation_every`` sets aside every N-th remaining training image (after the held-out ones) as a
+*validation* split: neither trained on nor part of the held-out evaluation, encoded like the evaluation
+images and evaluated the same way into ``validation.json``/``validation.md``. Choices made from results
+(a default consistency step per stage kind) are made there, never on the held-out images.
 """
 
 from dataclasses import dataclass, field
@@ -67,6 +72,7 @@ class ExperimentConfig:
     train_images: list[str] = field(default_factory=list)
     eval_images: list[str] = field(default_factory=list)
     holdout_every: int = 0
+    validation_every: int = 0
     results_dir: str = "results/experiment"
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
     encode: dict[str, Any] = field(default_factory=dict)
@@ -156,8 +162,10 @@ def validate_experiment_config(config: ExperimentConfig) -> None:
             f"(got {names})"
         )
     validate_references(config)
-    if config.holdout_every < 0 or config.train_crops_per_image < 1 or config.eval_crops_per_image < 1:
-        raise ConfigError("holdout_every must not be negative and the crops per image must be positive")
+    if min(config.holdout_every, config.validation_every) < 0:
+        raise ConfigError("holdout_every and validation_every must not be negative")
+    if config.train_crops_per_image < 1 or config.eval_crops_per_image < 1:
+        raise ConfigError("the crops per image must be positive")
     if config.cluster.backend not in CLUSTER_BACKENDS:
         raise ConfigError(f"cluster.backend: choose one of {', '.join(CLUSTER_BACKENDS)}")
     if not Path(config.train_config).is_file():

@@ -10,7 +10,8 @@ logger = logging.getLogger("evaluation.run_experiment")
 
 
 def encode(config: ExperimentConfig, root: Path) -> dict[str, Path]:
-    """Latent shards of the training and the evaluation images (resumable: complete shards are kept)."""
+    """Latent shards of the training, the evaluation (and the validation) images (resumable: complete
+    shards are kept). Validation images are encoded as the evaluation images are, with their own seed."""
     from data_pipeline.encode_shards import run as encode_shards
 
     degraded = config.degradation is not None
@@ -18,11 +19,16 @@ def encode(config: ExperimentConfig, root: Path) -> dict[str, Path]:
     for split, images, crops, seed, degrade in (
         ("train", "train", config.train_crops_per_image, 0, False),
         ("eval", "eval", config.eval_crops_per_image, 1, degraded),
+        *(
+            [("validation", "validation", config.eval_crops_per_image, 2, degraded)]
+            if config.validation_every
+            else []
+        ),
         *([("train_degraded", "train", config.train_crops_per_image, 0, True)] if degraded else []),
     ):
         output = root / "latents" / split
         encode_config = config.encode_config(
-            root / "images" / images, output, crops, seed, split == "eval", degrade
+            root / "images" / images, output, crops, seed, split in ("eval", "validation"), degrade
         )
         logger.info("encoding the %s images into %s%s", images, output, " (degraded)" if degrade else "")
         encode_shards(encode_config)

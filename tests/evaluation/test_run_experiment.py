@@ -223,12 +223,21 @@ def test_a_degraded_4x_experiment_fine_tunes_on_degraded_pairs_and_evaluates_on_
         "train_overrides=[" + ", ".join(f"'{o}'" for o in training) + "]",
         DEGRADED_ARMS,
         "evaluation.nfe=[1]",
+        "validation_every=3",
         f"train_images=[{tmp_path / 'train'}]",
         f"eval_images=[{tmp_path / 'val'}]",
         f"results_dir={tmp_path / 'results'}",
     ]
     assert main(args) == 0
     root = tmp_path / "results"
+    splits = {
+        split: sorted(p.name for p in (root / "images" / split).rglob("*.png"))
+        for split in ("train", "validation")
+    }
+    assert splits == {"train": ["img_00.png", "img_01.png"], "validation": ["img_02.png"]}  # img_03: held out
+    validation = json.loads((root / "validation.json").read_text())  # where a stage kind's default is chosen
+    assert set(validation["arms"]["finetuned"]["consistency"]) == {"adain", "wavelet", "projection"}
+    assert "| finetuned + wavelet | 1 |" in (root / "validation.md").read_text()
     manifests = {
         split: json.loads((root / "latents" / split / "manifest.json").read_text())
         for split in ("train", "train_degraded", "eval")
