@@ -7,10 +7,13 @@ A photo-like image (smoothed noise, the same seed each run) of ``--size`` pixels
 same run is the decode that makes such an image: TAEF2's decoder when ``--taef2`` names its weights,
 else the SD VAE's architecture with random weights (``--tile`` latent pixels per tile, as the pipeline
 decodes large images). Prints and writes the best of ``--repeats`` seconds per mode, its share of the
-decode, and the LR-PSNR of the 8-bit result.
+decode, and the LR-PSNR of the 8-bit result; with ``--memory SIZE``, also each step's peak memory
+beyond its input at SIZE² (resident set, each step in a fresh process, one thread).
 """
 
 import argparse
+import multiprocessing
+import resource
 import time
 from pathlib import Path
 
@@ -34,6 +37,24 @@ def best_seconds(function, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def photo_like(size: int, factor: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoded result (smoothed noise, off by noise and a colour cast) and its low-res input."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
+    truth = torch.nn.functional.avg_pool2d(noise, 5, 1, 2, count_include_pad=False)
+    output = (truth + 0.2 * torch.randn(truth.shape, generator=generator) + 0.1).clamp(-1, 1)
+    return output.to(device), downsample(truth, (size // factor, size // factor)).to(device)
+
+
+def peak_extra_mb(mode: str, size: int, factor: int) -> float:
+    """The resident memory a step adds at its peak (run in a fresh process)."""
+    torch.set_num_threads(1)
+    output, low = photo_like(size, factor, torch.device("cpu"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    enforce_consistency(output, low, mode)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux: KiB
 
 
 def decoder(args: argparse.Namespace, device: torch.device):
@@ -70,16 +91,13 @@ def main() -> None:
         "--taef2", type=Path, help="TAEF2 weights directory: decode with it (default: SD VAE)"
     )
     parser.add_argument("--tile", type=int, default=64, help="decode tile in latent pixels")
+    parser.add_argument("--memory", type=int, help="also measure each step's peak memory at this size (CPU)")
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results/consistency_step.json"), help="JSON output"
     )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.rand(1, 3, args.size, args.size, generator=generator) * 2 - 1
-    truth = torch.nn.functional.avg_pool2d(noise, 5, 1, 2, count_include_pad=False).to(device)
-    low = downsample(truth, (args.size // args.factor, args.size // args.factor))
-    output = (truth + 0.2 * torch.randn(truth.shape, generator=generator).to(device) + 0.1).clamp(-1, 1)
+    output, low = photo_like(args.size, args.factor, device)
 
     first_stage, latents = decoder(args, device)
     with torch.no_grad():
@@ -94,6 +112,11 @@ def main() -> None:
             "share_of_decode": round(seconds / decode_s, 3),
             "lr_psnr_db": round(lr_psnr, 1),
         }
+    if args.memory:
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            for mode in modes:
+                extra = pool.apply(peak_extra_mb, (mode, args.memory, args.factor))
+                modes[mode][f"peak_extra_mb_at_{args.memory}"] = round(extra)
     raw = psnr(downsample(from_uint8(to_uint8(output)), tuple(low.shape[-2:])), low.cpu()).item()
     report(
         {
