@@ -26,7 +26,9 @@ gradient accumulation, and NHWC eager and compiled with ``train.channels_last_gr
 NHWC in place; compiled only on a GPU), and at ZeRO-2 with the fused AdamW, eager and compiled (compiled
 only on a GPU) (``--variants`` picks some); (j) GroupNorm + SiLU alone at the
 paper U-Net's four widths, NCHW against NHWC, eager and compiled (``bench/group_norm.py``).
-Weights are random (nothing is downloaded): speed and memory do not depend on them.
+Weights are random (nothing is downloaded): speed and memory do not depend on them. The pipeline parts
+run without the consistency step (``consistency="none"``), as the paper's pipeline and the earlier
+figures did; ``bench/consistency_step.py`` measures the step against the decode.
 Training steps run on in-memory tensors through the same DeepSpeed engine setup the trainer uses.
 """
 
@@ -152,9 +154,11 @@ def inference_figures(stages: list, vae, device: torch.device, batch: int, laten
     reset_peak(device)
     pipeline = FMBoostPipeline(vae, stages, device=device, dtype="auto")
     latents = torch.randn(batch, 4, latent, latent)
-    pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")  # warm-up (kernels, allocator)
+    pipeline(
+        latents=latents, seed=0, nfe=nfe, solver="euler", consistency="none"
+    )  # warm-up (kernels, allocator)
     reset_peak(device)
-    output = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler")
+    output = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler", consistency="none")
     decoded = output.latents.shape[-1]
     return {
         "batch": batch,
@@ -188,8 +192,10 @@ def compiled_inference_figures(
     latents = torch.randn(batch, 4, latent, latent)
     figures: dict = {"batch": batch, "from_latent": f"{latent}²", "layout": str(layout), "nfe": {}}
     for nfe in nfes:
-        warmup = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings["warmup"]
-        timings = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler").timings
+        warmup = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler", consistency="none").timings[
+            "warmup"
+        ]
+        timings = pipeline(latents=latents, seed=0, nfe=nfe, solver="euler", consistency="none").timings
         figures["nfe"][str(nfe)] = {
             "warmup_s": round(warmup, 2),
             "context_s": round(timings["context_1"], 4),

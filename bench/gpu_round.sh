@@ -3,8 +3,8 @@
 #   bash bench/gpu_round.sh 1   # the owed training figures: part (i)'s compiled variants (bf16 weights,
 #                               # NHWC GroupNorm in place, ZeRO-2 + fused AdamW), (j) GroupNorm + SiLU,
 #                               # (c) the cascade stage at its crop, and where a training step's time goes
-#   bash bench/gpu_round.sh 2   # inference: (g) compiled at 40/4/2/1 NFE, (e) the 2048² cascade, and
-#                               # where a sampling step's time goes
+#   bash bench/gpu_round.sh 2   # inference: (g) compiled at 40/4/2/1 NFE, (e) the 2048² cascade, the
+#                               # consistency step against the decode, where a sampling step's time goes
 # JSON and profiles go to bench/results/gpu_<card>_<date>_*. The device's own torch lacks some of our
 # pure-Python dependencies: carry their wheels (the list is in the stop-25 closing note) and
 # `pip install --no-deps` them first.
@@ -25,6 +25,7 @@ case "${1:?which round: 1 (training) or 2 (inference)}" in
     ;;
   2)
     $PYTHON bench/gpu_check.py --parts ge --out "${OUT}_inference.json"
+    $PYTHON bench/consistency_step.py --size 1024 --out "${OUT}_consistency.json"
     $PYTHON bench/profile_step.py configs/cfm_1k.yaml --inference --out "${OUT}_profile_sampling"
     ;;
   *) echo "usage: bash bench/gpu_round.sh 1|2" >&2; exit 2 ;;
