@@ -130,7 +130,11 @@ def test_an_evaluation_config_runs_as_local_array_tasks_and_the_last_one_merges(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("'merged': True") == 1
     rows = json.loads((tmp_path / "results" / "results.json").read_text())["results"]
-    assert {row["model"] for row in rows} == {"bicubic", "context", "latent_bilinear", "model"}
+    assert {(row["model"], row["consistency"]) for row in rows} == {
+        (model, consistency)
+        for model in ("bicubic", "context", "latent_bilinear", "first_stage_ceiling", "model")
+        for consistency in ("none", "projection")
+    }
     assert all(row["images"] == 16 for row in rows)
 
 
