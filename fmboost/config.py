@@ -69,8 +69,8 @@ class FlowConfig:
     share of a shortcut batch trained on self-consistency targets.
 
     ``consistency`` is the stage's default consistency step at inference (:mod:`fmboost.consistency`):
-    ``projection`` for clean inputs; stages fine-tuned on degraded inputs set their own
-    (``docs/generation.md``).
+    ``projection``, which a validation split also chose for stages fine-tuned on degraded inputs
+    (``docs/sr4x.md``); a stage whose inputs call for another sets its own.
     """
 
     objective: str = "cfm"

@@ -58,6 +58,22 @@ def test_a_clean_stage_holds_its_result_to_the_input_by_default(boost):
         boost(images=image, seed=0, consistency="sharpen")
 
 
+def test_the_last_stage_chooses_the_default_step_for_the_kind_of_input_it_was_trained_on(tmp_path):
+    identity = {"name": "identity", "source": "none"}
+    clean = save_tiny_stage(tmp_path / "clean", latent_channels=3, first_stage=identity)
+    colour_only = save_tiny_stage(
+        tmp_path / "colour_only", latent_channels=3, first_stage=identity, consistency="wavelet"
+    )
+    image = low_res_photo("coffee", 16)
+    assert (
+        FMBoostPipeline.from_pretrained([colour_only, clean])(images=image, seed=0).consistency
+        == "projection"
+    )
+    cascade = FMBoostPipeline.from_pretrained([clean, colour_only])
+    assert cascade(images=image, seed=0).consistency == "wavelet"
+    assert cascade(images=image, seed=0, consistency="none").consistency == "none"
+
+
 def test_a_cascade_holds_its_last_result_to_the_original_input(taef2_stage, caplog):
     cascade = FMBoostPipeline.from_pretrained([taef2_stage, taef2_stage])
     image = low_res_photo("coffee", 32, factor=4)

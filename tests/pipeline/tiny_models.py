@@ -89,16 +89,21 @@ def save_tiny_stable_diffusion(directory: Path) -> Path:
 
 
 def save_tiny_stage(
-    directory: Path, latent_channels: int = 4, first_stage: dict | None = None, compiled: bool = False
+    directory: Path,
+    latent_channels: int = 4,
+    first_stage: dict | None = None,
+    compiled: bool = False,
+    consistency: str = "projection",
 ) -> Path:
-    """A (randomly initialised, non-zero) CFM stage for ``latent_channels``-channel latents. For a
-    ``compiled`` test, one resolution level with attention in the middle block only: every kind of
-    layer, and about two thirds of the compile time on a cold cache."""
+    """A (randomly initialised, non-zero) CFM stage for ``latent_channels``-channel latents, whose
+    default consistency step is ``consistency``. For a ``compiled`` test, one resolution level with
+    attention in the middle block only: every kind of layer, and about two thirds of the compile time on
+    a cold cache."""
     torch.manual_seed(1)
     unet = tiny_unet_config(latent_channels)
     if compiled:
         unet = dataclasses.replace(unet, channel_mult=[1], attention_resolutions=[])
-    model = FMBoostModel(unet, FlowConfig(nfe=2), first_stage)
+    model = FMBoostModel(unet, FlowConfig(nfe=2, consistency=consistency), first_stage)
     for parameter in model.net.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
     return model.save_pretrained(directory)
