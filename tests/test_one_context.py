@@ -95,5 +95,5 @@ def test_the_pipeline_boosts_latents_from_the_stored_context(encoded, tmp_path):
     assert json.loads((tmp_path / "stage" / "config.json").read_text())["first_stage"]["tile_size"] == 128
 
     pipeline = FMBoostPipeline.from_pretrained([tmp_path / "stage"], device="cpu", dtype="fp32")
-    output = pipeline(latents=batch["z_low"], seed=0)
+    output = pipeline(latents=batch["z_low"], seed=0, consistency="none")  # the latents are what counts
     assert largest_difference(output.latents, batch["z_up"]) < FP16_ROUNDING
