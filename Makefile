@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 
 # Two workers on a 2-core machine (pytest-xdist): the Slurm tests wait on their jobs with a core idle, and
 # many tests wait on subprocesses; the Slurm tests stay together on one worker (xdist_group "slurm").
-# On 2 cores a cold suite took 1047 s serially and 717 s this way. TEST_WORKERS=0 runs it serially.
+# On 2 cores a cold suite took 1047 s serially and 651 s this way (CI). TEST_WORKERS=0 runs it serially.
 # pytest exits 5 when a filter selects no test; that is not a failure of the suite.
 TEST_WORKERS ?= 2
 test: install
